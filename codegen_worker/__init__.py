@@ -1,0 +1,1 @@
+"""Codegen workers: render kernels from templates, compile them, link artifacts."""

@@ -1,0 +1,164 @@
+"""The backend plug-in interface and the one C-style renderer all three share.
+
+A backend differs from another only in class attributes (type names, prelude,
+template folder, compiler) and in its compiler command lines.
+"""
+from __future__ import annotations
+
+import functools
+import re
+import subprocess
+from pathlib import Path
+from typing import Any, ClassVar
+
+import jinja2
+
+from codegen_worker.backends import cexpr
+from kiln.dtypes import DType
+from kiln.plan import ExecutionPlan, KernelSpec
+from kiln.targets import Target
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+
+class UnsupportedKernel(ValueError):
+    """This backend has no kernel for the spec; the message says which and why."""
+
+
+def cident(text: str) -> str:
+    """Anything user-written that reaches C++ goes through here first."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", text)[:80] or "_"
+
+
+def clabel(text: str) -> str:
+    """User text safe inside a C string literal and a // comment."""
+    return re.sub(r"[^A-Za-z0-9_.+:-]", "_", text)[:120]
+
+
+@functools.cache
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True)
+    env.filters["cident"] = cident
+    return env
+
+
+class Backend:
+    family: ClassVar[str]
+    template_dir: ClassVar[str]
+    source_suffix: ClassVar[str]
+    prelude_file: ClassVar[str]
+    host_prelude: ClassVar[str] = ""
+    api: ClassVar[str] = ""
+    types: ClassVar[dict[DType, str]]
+    default_configs: ClassVar[dict[str, dict[str, Any]]]
+    candidate_table: ClassVar[dict[str, list[dict[str, Any]]]] = {}
+
+    # --- what the worker asks of a backend -------------------------------
+    def toolchain_version(self) -> str:
+        raise NotImplementedError
+
+    def compile_object_cmd(self, target: Target, src: Path, out: Path) -> list[str]:
+        raise NotImplementedError
+
+    def link_cmd(self, target: Target, objects: list[Path], out: Path) -> list[str]:
+        raise NotImplementedError
+
+    def flags(self, target: Target) -> list[str]:
+        raise NotImplementedError
+
+    def compiler_env(self) -> dict[str, str]:
+        return {}
+
+    def check(self, spec: KernelSpec, target: Target) -> None:
+        if spec.op not in self.default_configs:
+            raise UnsupportedKernel(f"op {spec.op!r} has no {self.family} kernel yet")
+        for t in spec.inputs + spec.outputs:
+            if t.dtype not in target.dtypes or t.dtype not in self.types:
+                raise UnsupportedKernel(f"dtype {t.dtype.value} is not supported by target {target.name}")
+
+    def default_config(self, spec: KernelSpec, target: Target) -> dict[str, Any]:
+        return dict(self.default_configs[spec.op])
+
+    def candidate_configs(self, spec: KernelSpec, target: Target) -> list[dict[str, Any]]:
+        """Configs worth profiling; the default always comes first."""
+        default = self.default_config(spec, target)
+        rest = [c for c in self.candidate_table.get(spec.op, []) if c != default]
+        return [default, *rest]
+
+    # --- rendering ---------------------------------------------------------
+    @property
+    def prelude(self) -> str:
+        return (TEMPLATES / self.template_dir / self.prelude_file).read_text()
+
+    def ctype(self, dtype: DType) -> str:
+        return self.types[dtype]
+
+    def render_kernel(self, spec: KernelSpec, config: dict[str, Any], fn: str) -> str:
+        ctx = self._context(spec, config, fn)
+        return _env().get_template(f"{self.template_dir}/{spec.op}.j2").render(**ctx)
+
+    def _context(self, spec: KernelSpec, config: dict[str, Any], fn: str) -> dict[str, Any]:
+        out = spec.outputs[0]
+        ctx: dict[str, Any] = {
+            "b": self, "spec": spec, "config": config, "fn": fn, "spec_key": spec.key(),
+            "config_text": ",".join(f"{k}={v}" for k, v in sorted(config.items())),
+            "symbol_lines": cexpr.symbol_lines(spec.symbols), "xt": self.ctype(out.dtype),
+        }
+        if spec.op == "fused_elementwise":
+            ctx["numel_out"] = cexpr.numel_expr(out.shape)
+            ctx["offsets"] = [cexpr.offset_expr(t.shape, out.shape, "i") for t in spec.inputs]
+            ctx["body"] = cexpr.program_lines(spec.attrs.program, [f"x{i}" for i in range(len(spec.inputs))], "r")
+        elif spec.op == "linear":
+            x, w = spec.inputs[0], spec.inputs[1]
+            ctx["M"], ctx["K"] = cexpr.rows_cols(x)
+            ctx["N"] = cexpr.dim_expr(w.shape[0])
+            ctx["has_bias"] = spec.attrs.has_bias
+            extras = []
+            arg = 2
+            if spec.attrs.has_bias:
+                extras.append({"name": "bias", "arg": 2, "epilogue": None, "offset": ""})
+                arg = 3
+            for j, t in enumerate(spec.inputs[arg:], start=1):
+                extras.append({"name": f"e{j}", "arg": arg + j - 1, "epilogue": j,
+                               "offset": cexpr.offset_expr(t.shape, out.shape, "i")})
+            ctx["extras"] = extras
+            n_vals = 1 + len(spec.inputs) - arg
+            ctx["body"] = cexpr.program_lines(spec.attrs.epilogue, [f"x{i}" for i in range(n_vals)], "r")
+        elif spec.op in ("layernorm", "softmax"):
+            ctx["R"], ctx["C"] = cexpr.rows_cols(spec.inputs[0])
+            ctx["eps"] = repr(float(spec.attrs.eps)) if spec.op == "layernorm" else ""
+        return ctx
+
+    def render_model(self, plan: ExecutionPlan, fns: dict[str, str], const_offsets: list[int],
+                     const_bytes: int) -> str:
+        sym_names = [f"sym{i}" for i in range(len(plan.symbols))]
+        sym_index = {s.name: sym_names[i] for i, s in enumerate(plan.symbols)}
+        const_index = {b.name: b.index for b in plan.of_kind("constant")}
+        calls = []
+        for call in plan.calls:
+            args = []
+            for name in call.args:
+                buf = plan.buffer(name)
+                args.append({
+                    "input": f"inputs[{buf.index}]", "output": f"outputs[{buf.index}]",
+                    "constant": f"m->consts + kConstOffsets[{const_index.get(name, 0)}]",
+                    "activation": f"m->arena + {buf.index}",
+                }[buf.kind])
+            calls.append({"id": call.kernel, "fn": fns[call.kernel], "args": args,
+                          "dims": [sym_index[s] for s in call.symbols],
+                          "label": clabel("+".join(call.source_ops))})
+        return _env().get_template("common/model.j2").render(
+            b=self, plan=plan, kernel_fns=sorted(set(fns.values())), calls=calls, sym_names=sym_names,
+            const_offsets=const_offsets, const_bytes=const_bytes)
+
+    def render_constants_asm(self, blob_path: str) -> str:
+        return _env().get_template("common/constants.S.j2").render(path=blob_path)
+
+
+def first_line(cmd: list[str], env: dict[str, str] | None = None, last: bool = False) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env).stdout.strip().splitlines()
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"unavailable ({err.__class__.__name__})"
+    return (out[-1] if last else out[0]) if out else "unknown"

@@ -1,0 +1,1 @@
+"""Kiln: build a graph, compile it on the farm, run the artifact."""

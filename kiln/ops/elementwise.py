@@ -1,0 +1,113 @@
+"""Elementwise ops and the fused elementwise program that passes build."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import erf
+
+from kiln.ir import TensorType
+from kiln.ops.base import OpDef, ShapeError, broadcast_shapes, register, same_float_dtype
+
+UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "relu": lambda x: np.maximum(x, 0),
+    "gelu": lambda x: 0.5 * x * (1.0 + erf(x / np.sqrt(2.0))),
+    "gelu_tanh": lambda x: 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3))),
+    "silu": lambda x: x / (1.0 + np.exp(-x)),
+    "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
+    "tanh": np.tanh,
+    "exp": np.exp,
+    "neg": np.negative,
+    "sqrt": np.sqrt,
+}
+
+BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "add": np.add,
+    "sub": np.subtract,
+    "mul": np.multiply,
+    "div": np.divide,
+    "maximum": np.maximum,
+}
+
+
+class _Unary(OpDef):
+    def infer(self, inputs: list[TensorType], attrs: object) -> list[TensorType]:
+        same_float_dtype(inputs, self.kind)
+        return [inputs[0]]
+
+    def reference(self, inputs: list[np.ndarray], attrs: object) -> list[np.ndarray]:
+        return [UNARY[self.kind](inputs[0])]
+
+
+class _Binary(OpDef):
+    min_inputs = max_inputs = 2
+
+    def infer(self, inputs: list[TensorType], attrs: object) -> list[TensorType]:
+        same_float_dtype(inputs, self.kind)
+        return [TensorType(inputs[0].dtype, broadcast_shapes([t.shape for t in inputs]))]
+
+    def reference(self, inputs: list[np.ndarray], attrs: object) -> list[np.ndarray]:
+        return [BINARY[self.kind](inputs[0], inputs[1])]
+
+
+for _name in UNARY:
+    register(type(f"Unary_{_name}", (_Unary,), {"kind": _name}))
+for _name in BINARY:
+    register(type(f"Binary_{_name}", (_Binary,), {"kind": _name}))
+
+
+@dataclass(frozen=True)
+class EwInstr:
+    """One step of a fused program. `args` index the value list: first the
+    program's inputs, then each earlier instruction's result."""
+
+    op: str
+    args: tuple[int, ...]
+
+
+def check_program(program: tuple[EwInstr, ...], n_inputs: int) -> None:
+    for i, instr in enumerate(program):
+        arity = 1 if instr.op in UNARY else 2 if instr.op in BINARY else None
+        if arity is None:
+            raise ShapeError(f"program step {i}: {instr.op!r} is not an elementwise op")
+        if len(instr.args) != arity:
+            raise ShapeError(f"program step {i}: {instr.op} takes {arity} args, got {len(instr.args)}")
+        if any(a < 0 or a >= n_inputs + i for a in instr.args):
+            raise ShapeError(f"program step {i}: argument out of range {instr.args}")
+
+
+def eval_program(program: tuple[EwInstr, ...], values: list[np.ndarray]) -> np.ndarray:
+    values = list(values)
+    for instr in program:
+        args = [values[a] for a in instr.args]
+        fn = UNARY.get(instr.op) or BINARY[instr.op]
+        values.append(fn(*args))
+    return values[-1]
+
+
+@dataclass(frozen=True)
+class FusedAttrs:
+    program: tuple[EwInstr, ...]
+
+
+@register
+class FusedElementwise(OpDef):
+    """Made by the elementwise fusion pass, never by users: one kernel."""
+
+    kind = "fused_elementwise"
+    Attrs = FusedAttrs
+    max_inputs = 64
+
+    def check_attrs(self, attrs: FusedAttrs) -> None:
+        if not attrs.program:
+            raise ShapeError("fused_elementwise needs a non-empty program")
+
+    def infer(self, inputs: list[TensorType], attrs: FusedAttrs) -> list[TensorType]:
+        same_float_dtype(inputs, self.kind)
+        check_program(attrs.program, len(inputs))
+        return [TensorType(inputs[0].dtype, broadcast_shapes([t.shape for t in inputs]))]
+
+    def reference(self, inputs: list[np.ndarray], attrs: FusedAttrs) -> list[np.ndarray]:
+        out = eval_program(attrs.program, inputs)
+        return [np.broadcast_to(out, np.broadcast_shapes(*(x.shape for x in inputs))).copy()]

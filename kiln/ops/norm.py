@@ -1,0 +1,58 @@
+"""Normalisations over the last axis."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kiln.ir import TensorType
+from kiln.ops.base import OpDef, ShapeError, register, same_float_dtype
+
+
+@dataclass(frozen=True)
+class LayerNormAttrs:
+    eps: float = 1e-5
+
+
+@register
+class LayerNorm(OpDef):
+    kind = "layernorm"
+    Attrs = LayerNormAttrs
+    min_inputs = max_inputs = 3
+
+    def check_attrs(self, attrs: LayerNormAttrs) -> None:
+        if not attrs.eps > 0:
+            raise ShapeError(f"layernorm: eps must be > 0, got {attrs.eps}")
+
+    def infer(self, inputs: list[TensorType], attrs: LayerNormAttrs) -> list[TensorType]:
+        same_float_dtype(inputs, "layernorm")
+        x, gamma, beta = inputs
+        n = x.shape[-1] if x.rank else None
+        if not isinstance(n, int):
+            raise ShapeError(f"layernorm: the normalised (last) dim of {x} must be static")
+        for label, t in (("gamma", gamma), ("beta", beta)):
+            if t.shape != (n,):
+                raise ShapeError(f"layernorm: {label} must have shape [{n}], got {t}")
+        return [x]
+
+    def reference(self, inputs: list[np.ndarray], attrs: LayerNormAttrs) -> list[np.ndarray]:
+        x, gamma, beta = inputs
+        mean = x.mean(axis=-1, keepdims=True)
+        var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+        return [(x - mean) / np.sqrt(var + attrs.eps) * gamma + beta]
+
+
+@register
+class Softmax(OpDef):
+    kind = "softmax"
+
+    def infer(self, inputs: list[TensorType], attrs: object) -> list[TensorType]:
+        same_float_dtype(inputs, "softmax")
+        if not inputs[0].rank or not isinstance(inputs[0].shape[-1], int):
+            raise ShapeError(f"softmax: the last dim of {inputs[0]} must be static")
+        return [inputs[0]]
+
+    def reference(self, inputs: list[np.ndarray], attrs: object) -> list[np.ndarray]:
+        x = inputs[0]
+        e = np.exp(x - x.max(axis=-1, keepdims=True))
+        return [e / e.sum(axis=-1, keepdims=True)]

@@ -1,0 +1,166 @@
+"""Load a fetched artifact and run it on NumPy arrays (or CUDA torch tensors)."""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kiln.dtypes import DType, from_storage, storage_dtype, to_storage
+from kiln.ir import IntVar
+from kiln.manifest import Manifest
+
+
+class RunError(RuntimeError):
+    pass
+
+
+def _verify(directory: Path, manifest: Manifest) -> None:
+    for f in manifest.files:
+        data = (directory / f.path).read_bytes()
+        if hashlib.sha256(data).hexdigest() != f.sha256:
+            raise RunError(f"{f.path} does not match its sha256 in the manifest; fetch the artifact again")
+
+
+class Model:
+    def __init__(self, directory: str | Path):
+        self.dir = Path(directory)
+        self.manifest = Manifest.loads((self.dir / "manifest.json").read_bytes())
+        _verify(self.dir, self.manifest)
+        self.family = self.manifest.target.split(":")[0]
+        self.lib = ctypes.CDLL(str((self.dir / "libmodel.so").resolve()))
+        self.lib.kiln_model_error.restype = ctypes.c_char_p
+        self.lib.kiln_model_error.argtypes = [ctypes.c_void_p]
+        self.lib.kiln_model_run.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p),
+                                            ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_int64),
+                                            ctypes.c_void_p]
+        self.lib.kiln_model_destroy.argtypes = [ctypes.c_void_p]
+        handle = ctypes.c_void_p()
+        if self.lib.kiln_model_create(ctypes.byref(handle)) != 0:
+            raise RunError("kiln_model_create failed (out of memory, or no usable device)")
+        self.handle = handle
+        if self.family != "cpu":
+            for name in ("kiln_device_malloc", "kiln_memcpy_h2d", "kiln_memcpy_d2h", "kiln_memset"):
+                getattr(self.lib, name).argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+            self.lib.kiln_device_malloc.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t]
+            self.lib.kiln_memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+            self.lib.kiln_device_free.argtypes = [ctypes.c_void_p]
+            self.lib.kiln_last_device_error.restype = ctypes.c_char_p
+
+    def close(self) -> None:
+        if getattr(self, "handle", None):
+            self.lib.kiln_model_destroy(self.handle)
+            self.handle = None
+
+    def __del__(self) -> None:
+        self.close()
+
+    def _bind(self, inputs: dict[str, Any]) -> tuple[dict[str, int], dict[str, tuple[int, ...]]]:
+        """Symbol values from the inputs' shapes; errors name the input."""
+        values: dict[str, int] = {}
+        shapes = {}
+        unknown = set(inputs) - {t.name for t in self.manifest.inputs}
+        if unknown:
+            raise RunError(f"unknown input(s) {sorted(unknown)}; the model takes {[t.name for t in self.manifest.inputs]}")
+        for sig in self.manifest.inputs:
+            if sig.name not in inputs:
+                raise RunError(f"missing input {sig.name!r}")
+            shape = tuple(inputs[sig.name].shape)
+            if len(shape) != len(sig.shape):
+                raise RunError(f"input {sig.name!r} has rank {len(shape)}, expected {len(sig.shape)}")
+            for axis, (got, want) in enumerate(zip(shape, sig.shape, strict=True)):
+                if isinstance(want, IntVar):
+                    if values.setdefault(want.name, got) != got:
+                        raise RunError(f"input {sig.name!r} dim {axis} = {got}, but {want.name} = {values[want.name]}")
+                    if not want.min <= got <= want.max:
+                        raise RunError(f"input {sig.name!r} dim {axis} = {got} is outside {want.name}'s "
+                                       f"range [{want.min}, {want.max}]")
+                elif got != want:
+                    raise RunError(f"input {sig.name!r} dim {axis} = {got}, expected {want}")
+        for sig in self.manifest.inputs + self.manifest.outputs:
+            shapes[sig.name] = tuple(values[d.name] if isinstance(d, IntVar) else d for d in sig.shape)
+        return values, shapes
+
+    def run(self, inputs: dict[str, Any], stream: int | None = None) -> dict[str, Any]:
+        if _is_torch(next(iter(inputs.values()), None)):
+            return self._run_torch(inputs, stream)
+        values, shapes = self._bind(inputs)
+        syms = (ctypes.c_int64 * max(1, len(self.manifest.symbols)))(*[values[s.name] for s in self.manifest.symbols])
+        host_in = []
+        for sig in self.manifest.inputs:
+            arr = np.asarray(inputs[sig.name])
+            if sig.dtype is DType.BF16 or arr.dtype != storage_dtype(sig.dtype):
+                if sig.dtype.is_float and arr.dtype.kind == "f":
+                    arr = to_storage(arr, sig.dtype)
+                else:
+                    raise RunError(f"input {sig.name!r} has dtype {arr.dtype}, expected {sig.dtype.value}")
+            host_in.append(np.ascontiguousarray(arr))
+        host_out = [np.empty(shapes[s.name], storage_dtype(s.dtype)) for s in self.manifest.outputs]
+        if self.family == "cpu":
+            self._call([a.ctypes.data for a in host_in], [a.ctypes.data for a in host_out], syms, None)
+        else:
+            self._run_device(host_in, host_out, syms, stream)
+        return {s.name: from_storage(a, s.dtype) for s, a in zip(self.manifest.outputs, host_out, strict=True)}
+
+    def _call(self, ins: list[int], outs: list[int], syms: Any, stream: int | None) -> None:
+        in_arr = (ctypes.c_void_p * max(1, len(ins)))(*ins)
+        out_arr = (ctypes.c_void_p * max(1, len(outs)))(*outs)
+        rc = self.lib.kiln_model_run(self.handle, in_arr, out_arr, syms, stream)
+        if rc != 0:
+            raise RunError(f"kiln_model_run failed ({rc}): {self.lib.kiln_model_error(self.handle).decode()}")
+
+    def _run_device(self, host_in: list[np.ndarray], host_out: list[np.ndarray], syms: Any, stream: int | None) -> None:
+        ptrs: list[ctypes.c_void_p] = []
+        try:
+            def alloc(n: int) -> int:
+                p = ctypes.c_void_p()
+                if self.lib.kiln_device_malloc(ctypes.byref(p), n) != 0:
+                    raise RunError(f"device allocation of {n} bytes failed")
+                ptrs.append(p)
+                return p.value
+            dev_in = []
+            for a in host_in:
+                d = alloc(a.nbytes)
+                self.lib.kiln_memcpy_h2d(d, a.ctypes.data, a.nbytes)
+                dev_in.append(d)
+            dev_out = []
+            for a in host_out:
+                d = alloc(a.nbytes)
+                # Poison (0xFF bytes are NaN in every float type) so that an
+                # element no kernel wrote cannot pass for a result.
+                self.lib.kiln_memset(d, 0xFF, a.nbytes)
+                dev_out.append(d)
+            self._call(dev_in, dev_out, syms, stream)
+            if self.lib.kiln_synchronize() != 0:
+                raise RunError(f"device error: {self.lib.kiln_last_device_error().decode()}")
+            for d, a in zip(dev_out, host_out, strict=True):
+                self.lib.kiln_memcpy_d2h(a.ctypes.data, d, a.nbytes)
+        finally:
+            for p in ptrs:
+                self.lib.kiln_device_free(p)
+
+    def _run_torch(self, inputs: dict[str, Any], stream: int | None) -> dict[str, Any]:
+        """Zero-copy on CUDA torch tensors: pointers go straight to the kernels."""
+        import torch
+
+        values, shapes = self._bind(inputs)
+        syms = (ctypes.c_int64 * max(1, len(self.manifest.symbols)))(*[values[s.name] for s in self.manifest.symbols])
+        tdt = {DType.F32: torch.float32, DType.F16: torch.float16, DType.BF16: torch.bfloat16}
+        ins = []
+        for sig in self.manifest.inputs:
+            t = inputs[sig.name]
+            if t.dtype != tdt[sig.dtype] or not t.is_contiguous():
+                raise RunError(f"input {sig.name!r} must be a contiguous {tdt[sig.dtype]} tensor, got {t.dtype}")
+            ins.append(t)
+        device = ins[0].device
+        outs = {s.name: torch.empty(shapes[s.name], dtype=tdt[s.dtype], device=device) for s in self.manifest.outputs}
+        if stream is None and device.type == "cuda":
+            stream = torch.cuda.current_stream(device).cuda_stream
+        self._call([t.data_ptr() for t in ins], [t.data_ptr() for t in outs.values()], syms, stream)
+        return outs
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.startswith("torch")

@@ -1,0 +1,39 @@
+"""Shape and dtype inference over a whole graph."""
+from __future__ import annotations
+
+from kiln.ir import Graph, TensorType
+from kiln.ops import ShapeError, get_op
+
+
+class GraphError(ValueError):
+    """A graph is invalid. `field` points at the culprit (e.g. ops[3].inputs[1])."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def infer_types(graph: Graph) -> dict[str, TensorType]:
+    """Types of every tensor; ops must already be in topological order."""
+    types: dict[str, TensorType] = {t.name: t.type for t in graph.inputs}
+    types.update({c.name: c.type for c in graph.constants})
+    for index, op in enumerate(graph.ops):
+        where = f"ops[{index}] (op {op.name!r}, type {op.kind!r})"
+        opdef = get_op(op.kind)
+        missing = [n for n in op.inputs if n not in types]
+        if missing:
+            raise GraphError(where, f"input tensor {missing[0]!r} is not defined before this op")
+        if not opdef.min_inputs <= len(op.inputs) <= opdef.max_inputs:
+            raise GraphError(where, f"takes {opdef.min_inputs}..{opdef.max_inputs} inputs, got {len(op.inputs)}")
+        if len(op.outputs) != opdef.num_outputs:
+            raise GraphError(where, f"has {opdef.num_outputs} output(s), got {len(op.outputs)}")
+        try:
+            opdef.check_attrs(op.attrs)
+            outs = opdef.infer([types[n] for n in op.inputs], op.attrs)
+        except ShapeError as err:
+            names = ", ".join(f"{n!r}: {types[n]}" for n in op.inputs)
+            raise GraphError(where, f"{err} (inputs {names})") from None
+        for name, t in zip(op.outputs, outs, strict=True):
+            types[name] = t
+    return types

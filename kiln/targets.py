@@ -1,0 +1,44 @@
+"""The target registry: typed attributes, so no code grows target if-chains."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kiln.dtypes import DType
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str            # what users write: "cuda:sm90"
+    family: str          # the backend plug-in: cpu / cuda / rocm
+    arch: str            # x86_64, sm90, sm80, gfx90a, gfx940
+    dtypes: frozenset[DType]
+    description: str
+
+    @property
+    def codegen_queue(self) -> str:
+        return f"codegen.{self.family}"
+
+    @property
+    def device_kind(self) -> str:
+        return f"{self.family}.{self.arch}"
+
+    @property
+    def profile_queue(self) -> str:
+        return f"profile.{self.device_kind}"
+
+
+_FLOATS = frozenset({DType.F32, DType.F16, DType.BF16})
+TARGETS: dict[str, Target] = {t.name: t for t in (
+    Target("cpu", "cpu", "x86_64", frozenset({DType.F32, DType.F16}), "x86-64 host code through g++"),
+    Target("cuda:sm90", "cuda", "sm90", _FLOATS, "NVIDIA Hopper (H100/H200)"),
+    Target("cuda:sm80", "cuda", "sm80", _FLOATS, "NVIDIA Ampere (A100)"),
+    Target("rocm:gfx90a", "rocm", "gfx90a", frozenset({DType.F32, DType.F16}), "AMD MI200 (compile-only here)"),
+    Target("rocm:gfx940", "rocm", "gfx940", frozenset({DType.F32, DType.F16}), "AMD MI300A (compile-only here)"),
+)}
+
+
+def get_target(name: str) -> Target:
+    try:
+        return TARGETS[name]
+    except KeyError:
+        raise ValueError(f"unknown target {name!r}; known targets: {', '.join(TARGETS)}") from None
