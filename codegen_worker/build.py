@@ -97,3 +97,25 @@ def link(backend: Backend, target: Target, plan: ExecutionPlan, fns: dict[str, s
     logs.append(run_compiler("linking libmodel.so", backend.link_cmd(
         target, [workdir / "model.o", *paths, workdir / "constants.o"], lib), backend.compiler_env()))
     return lib, "".join(logs)
+
+
+def profile_dims(spec: KernelSpec) -> list[int]:
+    """The symbol values a kernel is profiled at: its range's max, capped so that
+    profiling a huge dynamic range stays quick (documented in the profile record)."""
+    return [max(s.min, min(s.max, 256)) for s in spec.symbols]
+
+
+def build_profiler(backend: Backend, target: Target, spec: KernelSpec, kernels: list[RenderedKernel],
+                   objects: list[bytes], workdir: Path) -> Path:
+    """One executable holding every candidate; `exe I` profiles candidate I."""
+    paths = []
+    for i, data in enumerate(objects):
+        p = workdir / f"cand{i}.o"
+        p.write_bytes(data)
+        paths.append(p)
+    source = backend.render_profiler(spec, [k.fn for k in kernels], profile_dims(spec))
+    compile_source(backend, target, source, workdir, "harness")
+    exe = workdir / "profiler"
+    run_compiler("linking the profiler", backend.exe_link_cmd(target, [workdir / "harness.o", *paths], exe),
+                 backend.compiler_env())
+    return exe

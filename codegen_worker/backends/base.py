@@ -15,6 +15,7 @@ import jinja2
 
 from codegen_worker.backends import cexpr
 from kiln.dtypes import DType
+from kiln.ir import IntVar, TensorType
 from kiln.plan import ExecutionPlan, KernelSpec
 from kiln.targets import Target
 
@@ -151,6 +152,24 @@ class Backend:
         return _env().get_template("common/model.j2").render(
             b=self, plan=plan, kernel_fns=sorted(set(fns.values())), calls=calls, sym_names=sym_names,
             const_offsets=const_offsets, const_bytes=const_bytes)
+
+    def render_profiler(self, spec: KernelSpec, fns: list[str], dims: list[int]) -> str:
+        values = dict(zip((s.name for s in spec.symbols), dims, strict=True))
+        codes = {DType.F32: 0, DType.F16: 1, DType.BF16: 2}
+
+        def sig(t: TensorType) -> dict[str, int]:
+            n = 1
+            for d in t.shape:
+                n *= values[d.name] if isinstance(d, IntVar) else d
+            return {"bytes": n * t.dtype.itemsize, "code": codes[t.dtype]}
+
+        return _env().get_template("common/profiler.j2").render(
+            b=self, fns=fns, spec_key=spec.key(), dims=dims,
+            inputs=[sig(t) for t in spec.inputs], outputs=[sig(t) for t in spec.outputs])
+
+    def exe_link_cmd(self, target: Target, objects: list[Path], out: Path) -> list[str]:
+        cmd = self.link_cmd(target, objects, out)
+        return [c for c in cmd if c != "-shared"]
 
     def render_constants_asm(self, blob_path: str) -> str:
         return _env().get_template("common/constants.S.j2").render(path=blob_path)

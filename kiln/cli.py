@@ -1,0 +1,186 @@
+"""The `kiln` command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from kiln import cluster
+
+
+def _server(args: argparse.Namespace) -> str:
+    if args.server:
+        return args.server
+    if os.environ.get("KILN_SERVER"):
+        return os.environ["KILN_SERVER"]
+    state = cluster.load_state(Path(os.environ.get("KILN_CLUSTER_DIR", cluster.DEFAULT_DIR)))
+    return state.grpc_address if state else "127.0.0.1:50051"
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir)
+    if args.action == "up":
+        cluster.up(state_dir, grpc_port=args.port)
+    elif args.action == "down":
+        cluster.down(state_dir)
+    else:
+        rows = cluster.status(state_dir)
+        if not rows:
+            print("no cluster (run `kiln cluster up`)")
+            return 1
+        state = cluster.load_state(state_dir)
+        print(f"frontend {state.grpc_address}  redis {state.redis_url}  store {state.store_url}")
+        for name, pid, alive in rows:
+            print(f"  {name:22s} pid {pid:<8d} {'up' if alive else 'DOWN'}")
+        return 0 if all(alive for _, _, alive in rows) else 1
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from kiln.client import Client
+    from kiln.loader import load_model
+    from kiln.v1 import farm_pb2
+
+    graph = load_model(args.model)
+    t0 = time.monotonic()
+    interactive = sys.stdout.isatty() and not args.json
+
+    def show(e: farm_pb2.JobEvent) -> None:
+        if interactive or args.verbose:
+            progress = f"[{e.done}/{e.total}]" if e.total else ""
+            text = e.error or e.log
+            stream = sys.stderr if args.json else sys.stdout
+            print(f"{time.monotonic() - t0:7.1f}s {e.stage:10s} {progress:8s} {text}", file=stream)
+
+    with Client(_server(args)) as client:
+        import grpc
+
+        try:
+            job = client.compile(graph, args.target, profile=args.profile, on_event=show)
+        except grpc.RpcError as err:
+            msg = f"{err.code().name}: {err.details()}"
+            print(json.dumps({"error": msg}) if args.json else f"error: {msg}")
+            return 2
+    ok = job.state == farm_pb2.SUCCEEDED
+    result = {"artifact": job.artifact, "cached": job.cached, "job": job.id, "target": job.target,
+              "state": farm_pb2.JobState.Name(job.state), "error": job.error, "seconds": round(time.monotonic() - t0, 3)}
+    if args.json:
+        print(json.dumps(result))
+    elif ok:
+        print(f"{args.target}: artifact {job.artifact}{' (cached)' if job.cached else ''}")
+    else:
+        print(f"{args.target}: job {job.id} {result['state']}: {job.error}")
+    return 0 if ok else 1
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from kiln.client import Client
+
+    with Client(_server(args)) as client:
+        manifest = client.fetch(args.hash, args.output)
+    print(f"fetched {args.hash} ({manifest.target}, {len(manifest.files)} file(s)) to {args.output}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from kiln.runtime import Model
+
+    model = Model(args.dir)
+    with np.load(args.inputs) as data:
+        inputs = {k: data[k] for k in data.files}
+    outputs = model.run(inputs)
+    np.savez(args.outputs, **outputs)
+    for name, arr in outputs.items():
+        print(f"{name}: {arr.dtype}{list(arr.shape)}")
+    return 0
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    from google.protobuf.json_format import MessageToDict
+
+    from kiln.client import Client
+
+    with Client(_server(args)) as client:
+        job = client.cancel(args.id) if args.action == "cancel" else client.get(args.id)
+    print(json.dumps(MessageToDict(job), indent=1))
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from kiln.loader import load_model
+    from planner_svc.lower import lower
+    from planner_svc.pipeline import run_passes
+
+    graph = load_model(args.model)
+    optimized, records = run_passes(graph)
+    plan = lower(optimized, args.target)
+    if args.explain:
+        for rec in records:
+            print(f"pass {rec.name:20s} {rec.ops_before:4d} -> {rec.ops_after:4d} ops   ({rec.why})")
+            for name in rec.added:
+                print(f"    + {name}")
+    print(f"{len(graph.ops)} ops -> {len(plan.calls)} kernels; arena {plan.arena_bytes} bytes "
+          f"(activations total {plan.activation_bytes_total})")
+    for call in plan.calls:
+        print(f"  {call.kernel:4s} {call.spec.op:18s} {call.spec.key()[:16]}  {'+'.join(call.source_ops)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="kiln", description="Kiln: a GPU inference compiler farm")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("cluster", help="run a local cluster without Docker")
+    c.add_argument("action", choices=["up", "status", "down"])
+    c.add_argument("--state-dir", default=os.environ.get("KILN_CLUSTER_DIR", str(cluster.DEFAULT_DIR)))
+    c.add_argument("--port", type=int, default=None, help="frontend port (default: a free one)")
+    c.set_defaults(fn=cmd_cluster)
+
+    c = sub.add_parser("compile", help="compile MODEL on the farm")
+    c.add_argument("model")
+    c.add_argument("--target", required=True, help="cpu, cuda:sm90, cuda:sm80, rocm:gfx90a")
+    c.add_argument("--server", default=None)
+    c.add_argument("--json", action="store_true", help="last line of stdout is one JSON object")
+    c.add_argument("--profile", action="store_true", help="profile candidate configs on the fleet")
+    c.add_argument("-v", "--verbose", action="store_true")
+    c.set_defaults(fn=cmd_compile)
+
+    c = sub.add_parser("fetch", help="download an artifact by hash, verifying it")
+    c.add_argument("hash")
+    c.add_argument("-o", "--output", required=True)
+    c.add_argument("--server", default=None)
+    c.set_defaults(fn=cmd_fetch)
+
+    c = sub.add_parser("run", help="run a fetched artifact on inputs from an .npz")
+    c.add_argument("dir")
+    c.add_argument("--inputs", required=True)
+    c.add_argument("--outputs", required=True)
+    c.set_defaults(fn=cmd_run)
+
+    c = sub.add_parser("job", help="show or cancel a job")
+    c.add_argument("action", choices=["show", "cancel"])
+    c.add_argument("id")
+    c.add_argument("--server", default=None)
+    c.set_defaults(fn=cmd_job)
+
+    c = sub.add_parser("plan", help="run the planner's passes locally and list the kernels")
+    c.add_argument("model")
+    c.add_argument("--target", default="cpu")
+    c.add_argument("--explain", action="store_true")
+    c.set_defaults(fn=cmd_plan)
+
+    args = p.parse_args(argv)
+    try:
+        return args.fn(args)
+    except (FileNotFoundError, ValueError, TypeError, RuntimeError) as err:
+        print(f"kiln: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""What the services agree on: task names, queues, Celery settings, presence.
+
+Services send each other tasks by these names; none imports another.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+import redis
+from celery import Celery
+
+from kiln.config import Settings
+
+PLANNER_QUEUE = "planner"
+TASK_PLAN = "planner.plan"
+TASK_REPORT = "planner.report"
+TASK_KERNEL = "codegen.kernel"
+TASK_LINK = "codegen.link"
+TASK_PROFILE = "profile.run"
+
+TOOLCHAINS_KEY = "kiln:toolchains"
+STATS_KEY = "kiln:stats"
+
+
+def make_celery(settings: Settings, name: str) -> Celery:
+    app = Celery(name, broker=settings.redis_url)
+    transport = {"visibility_timeout": settings.visibility_timeout_s}
+    app.conf.update(
+        task_acks_late=True,                 # a task is acknowledged only once done...
+        task_reject_on_worker_lost=True,     # ...and requeued if its worker dies (tasks are idempotent)
+        worker_prefetch_multiplier=1,        # long tasks: never hoard messages
+        task_soft_time_limit=settings.task_soft_limit_s,
+        task_time_limit=settings.task_hard_limit_s,
+        task_ignore_result=True,             # tasks report by message, not through a result backend
+        broker_transport_options=transport,
+        result_backend_transport_options=transport,
+        broker_connection_retry_on_startup=True,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_hijack_root_logger=False,
+        task_default_queue=PLANNER_QUEUE,
+    )
+    return app
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(settings.redis_url, decode_responses=True)
+
+
+def count(r: redis.Redis, stat: str, n: int = 1) -> None:
+    r.hincrby(STATS_KEY, stat, n)
+
+
+def online_key(queue: str, host: str) -> str:
+    return f"kiln:online:{queue}:{host}"
+
+
+def workers_online(r: redis.Redis, queue: str) -> list[str]:
+    return [k.rsplit(":", 1)[-1] for k in r.scan_iter(match=f"kiln:online:{queue}:*", count=1000)]
+
+
+def start_heartbeat(settings: Settings, queues: list[str], info: str = "") -> threading.Event:
+    """Announce this worker on its queues until the returned event is set."""
+    stop = threading.Event()
+    host = f"{socket.gethostname()}.{os.getpid()}"
+    r = redis_client(settings)
+    ttl = max(3, int(settings.heartbeat_s * 3))
+
+    def beat() -> None:
+        while not stop.is_set():
+            try:
+                for q in queues:
+                    r.set(online_key(q, host), info or "1", ex=ttl)
+            except redis.RedisError:
+                pass  # the broker is down: Celery itself will say so
+            stop.wait(settings.heartbeat_s)
+        for q in queues:
+            try:
+                r.delete(online_key(q, host))
+            except redis.RedisError:
+                pass
+
+    threading.Thread(target=beat, name="kiln-heartbeat", daemon=True).start()
+    time.sleep(0)  # let the first beat go out before the worker takes tasks
+    return stop
+
+
+def run_worker(app: Celery, queues: list[str], name: str, concurrency: int, pool: str = "prefork") -> None:
+    """Start a Celery worker in this process (blocks until shutdown)."""
+    app.worker_main(["worker", "-Q", ",".join(queues), "-n", f"{name}-{os.getpid()}@%h", "--concurrency", str(concurrency),
+                     "--loglevel", "INFO", "-P", pool, "--without-gossip", "--without-mingle"])
+
+
+def worker_args(argv: list[str] | None, default_concurrency: int):
+    import argparse
+    import os
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--queues", required=True, help="comma-separated queue names")
+    parser.add_argument("--concurrency", type=int, default=int(os.environ.get("KILN_CONCURRENCY", default_concurrency)))
+    args = parser.parse_args(argv)
+    args.queues = [q for q in args.queues.split(",") if q]
+    return args

@@ -1,0 +1,1 @@
+"""Profile workers: run profiler executables on a real device, one candidate per process."""
