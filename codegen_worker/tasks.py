@@ -38,7 +38,7 @@ def compiled_object(store: BlobStore, r, backend: Backend, target: Target, rk: b
     if found:
         return found, True
     # One compile per object in the whole fleet: others wait for the holder.
-    with r.lock(f"kiln:lock:{ref}", timeout=lock_timeout, blocking_timeout=lock_timeout):
+    with farm.fleet_lock(r, f"kiln:lock:{ref}", wait_s=lock_timeout):
         found = store.get_ref(ref)
         if found:
             return found, True

@@ -4,6 +4,7 @@ Services send each other tasks by these names; none imports another.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -104,3 +105,35 @@ def worker_args(argv: list[str] | None, default_concurrency: int):
     args = parser.parse_args(argv)
     args.queues = [q for q in args.queues.split(",") if q]
     return args
+
+
+@contextlib.contextmanager
+def fleet_lock(r: redis.Redis, name: str, wait_s: float, ttl_s: float = 20.0):
+    """A Redis lock kept alive while its holder lives.
+
+    The TTL is short and renewed by a thread, so a worker killed mid-compile
+    frees the lock within ttl_s and the redelivered task is not stuck behind it.
+    """
+    lock = r.lock(name, timeout=ttl_s, blocking_timeout=wait_s)
+    if not lock.acquire():
+        raise TimeoutError(f"waited {wait_s:.0f}s for {name}")
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(ttl_s / 3):
+            try:
+                lock.extend(ttl_s, replace_ttl=True)
+            except (redis.RedisError, Exception):  # noqa: BLE001  (lost lock: the holder finishes anyway)
+                return
+
+    keeper = threading.Thread(target=renew, name="kiln-lock-keeper", daemon=True)
+    keeper.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        keeper.join()
+        try:
+            lock.release()
+        except redis.exceptions.LockError:
+            pass

@@ -1,6 +1,8 @@
 """Shape and dtype inference over a whole graph."""
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from kiln.ir import Graph, TensorType
 from kiln.ops import ShapeError, get_op
 
@@ -14,12 +16,15 @@ class GraphError(ValueError):
         self.message = message
 
 
-def infer_types(graph: Graph) -> dict[str, TensorType]:
-    """Types of every tensor; ops must already be in topological order."""
+def infer_types(graph: Graph, *, positions: Mapping[str, int] | None = None) -> dict[str, TensorType]:
+    """Types of every tensor; ops must already be in topological order.
+
+    Errors say ops[i] with i the op's index in graph.ops, or `positions[op name]`
+    when given (the validator passes the wire order, which sorting may change)."""
     types: dict[str, TensorType] = {t.name: t.type for t in graph.inputs}
     types.update({c.name: c.type for c in graph.constants})
     for index, op in enumerate(graph.ops):
-        where = f"ops[{index}] (op {op.name!r}, type {op.kind!r})"
+        where = f"ops[{positions[op.name] if positions is not None else index}] (op {op.name!r}, type {op.kind!r})"
         opdef = get_op(op.kind)
         missing = [n for n in op.inputs if n not in types]
         if missing:

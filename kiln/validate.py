@@ -4,8 +4,8 @@ Every error is a GraphError whose field names the tensor, op or attribute.
 """
 from __future__ import annotations
 
+import heapq
 import re
-from collections import deque
 
 from kiln.ir import Graph, IntVar, Op, Tensor
 from kiln.ops import OPS
@@ -19,14 +19,16 @@ MAX_RANK = 8
 MAX_OPS = 100_000
 MAX_NAME = 256
 INTERNAL_OPS = frozenset({"fused_elementwise"})
-_NAME_RE = re.compile(r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$")
-_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+# Used with fullmatch: "$" would also match before a trailing newline.
+_NAME_RE = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")
+_SHA_RE = re.compile(r"[0-9a-f]{64}")
+_SYMBOL_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 def _check_name(field: str, name: str) -> None:
     if not name:
         raise GraphError(field, "name is empty")
-    if len(name) > MAX_NAME or not _NAME_RE.match(name):
+    if len(name) > MAX_NAME or not _NAME_RE.fullmatch(name):
         raise GraphError(field, f"name {name[:40]!r} must be 1..{MAX_NAME} printable ASCII characters")
 
 
@@ -47,7 +49,7 @@ def _check_type(field: str, msg: pb.TensorType, symbols: dict[str, IntVar]) -> N
             size *= d.static
         elif kind == "symbolic":
             s = d.symbolic
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", s.name):
+            if not _SYMBOL_RE.fullmatch(s.name):
                 raise GraphError(where, f"symbolic dim name {s.name!r} must be an identifier")
             if not 1 <= s.min <= s.max <= MAX_DIM:
                 raise GraphError(where, f"symbolic dim {s.name!r} range [{s.min}, {s.max}] must satisfy 1 <= min <= max")
@@ -73,15 +75,17 @@ def _topo_order(ops: list[Op], defined: set[str]) -> list[Op]:
         for d in ds:
             users.setdefault(d, []).append(i)
     remaining = [len(ds) for ds in deps]
-    ready = deque(i for i, n in enumerate(remaining) if n == 0)
+    # A heap on the wire position keeps the user's order whenever it is valid.
+    ready = [i for i, n in enumerate(remaining) if n == 0]
+    heapq.heapify(ready)
     order: list[int] = []
     while ready:
-        i = ready.popleft()
+        i = heapq.heappop(ready)
         order.append(i)
         for u in users.get(i, []):
             remaining[u] -= 1
             if remaining[u] == 0:
-                ready.append(u)
+                heapq.heappush(ready, u)
     if len(order) < len(ops):
         stuck = [ops[i].name for i in range(len(ops)) if remaining[i] > 0]
         raise GraphError("ops", f"the graph has a cycle through ops {stuck[:8]}")
@@ -120,7 +124,7 @@ def graph_from_pb(msg: pb.Graph) -> Graph:
             if len(c.inline) != want:
                 raise GraphError(f"{where}.inline", f"holds {len(c.inline)} bytes, but {t} needs {want}")
         elif which == "sha256":
-            if not _SHA_RE.match(c.sha256):
+            if not _SHA_RE.fullmatch(c.sha256):
                 raise GraphError(f"{where}.sha256", f"{c.sha256[:70]!r} is not a lowercase sha256 hex digest")
         else:
             raise GraphError(where, "constant has neither inline data nor a sha256 reference")
@@ -158,7 +162,8 @@ def graph_from_pb(msg: pb.Graph) -> Graph:
         constants=tuple(constant_from_pb(c) for c in msg.constants),
         ops=tuple(ordered),
     )
-    types = infer_types(graph)
+    # Errors name the op by its position on the wire, not in the sorted order.
+    types = infer_types(graph, positions={o.name: i for i, o in enumerate(msg.ops)})
     for name, t in types.items():
         if t.max_bytes() > MAX_TENSOR_BYTES:
             raise GraphError(f"tensor {name!r}", f"{t} may need {t.max_bytes()} bytes, over the {MAX_TENSOR_BYTES}-byte limit")

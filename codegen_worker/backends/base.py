@@ -41,6 +41,7 @@ def _env() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True)
     env.filters["cident"] = cident
+    env.filters["clabel"] = clabel
     return env
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kiln.ir import Graph, Op
-from kiln.ops import BINARY, UNARY, EwInstr, FusedAttrs
+from kiln.ops import BINARY, OPS, UNARY, EwInstr, FusedAttrs
 from kiln.shapes import infer_types
 
 # A step argument is ("t", tensor name) or ("s", index of an earlier step).
 Arg = tuple[str, object]
+MAX_INPUTS = OPS["fused_elementwise"].max_inputs
 
 
 @dataclass
@@ -54,12 +55,17 @@ def _inline(consumer: _Group, tensor: str, producer: _Group) -> _Group:
     return _Group(steps, producer.names + consumer.names)
 
 
-def _finish(group: _Group, output: str) -> Op:
+def _externals(group: _Group) -> list[str]:
     ext: list[str] = []
     for _, args in group.steps:
         for a in args:
             if a[0] == "t" and a[1] not in ext:
                 ext.append(a[1])
+    return ext
+
+
+def _finish(group: _Group, output: str) -> Op:
+    ext = _externals(group)
     program = tuple(
         EwInstr(kind, tuple(ext.index(a[1]) if a[0] == "t" else len(ext) + a[1] for a in args))
         for kind, args in group.steps)
@@ -81,7 +87,11 @@ def fuse_elementwise_chains(graph: Graph) -> Graph:
         for name in dict.fromkeys(op.inputs):
             if (name in groups and name not in outputs and len(users.get(name, [])) == 1
                     and types[name].shape == types[out].shape):
-                group = _inline(group, name, groups.pop(name))
+                merged = _inline(group, name, groups[name])
+                if len(_externals(merged)) > MAX_INPUTS:
+                    continue  # a kernel takes at most MAX_INPUTS operands
+                group = merged
+                groups.pop(name)
                 ops.remove(name)
         groups[out] = group
         ops.append(out)

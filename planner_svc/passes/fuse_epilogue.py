@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from kiln.ir import Graph, Op
-from kiln.ops import EwInstr
+from kiln.ops import OPS, EwInstr
 from kiln.shapes import infer_types
 
 
@@ -45,12 +45,13 @@ def fuse_gemm_epilogues(graph: Graph) -> Graph:
         if types[ew.outputs[0]].shape != types[out].shape:
             continue
         # The extra inputs must exist before the GEMM runs: it takes the
-        # elementwise op's place in the order, so none may be made in between.
+        # GEMM's place in the order, so none may be made in between.
         position = {o.name: i for i, o in enumerate(graph.ops)}
         producers = graph.producers()
         extras_ready = all(n == out or n not in producers or position[producers[n].name] < position[op.name]
                            for n in ew.inputs)
-        if not extras_ready:
+        extras = {n for n in ew.inputs if n != out}
+        if not extras_ready or len(op.inputs) + len(extras) > OPS["linear"].max_inputs:
             continue
         replaced[op.name] = _absorb(op, ew)
         absorbed.add(ew.name)
