@@ -175,8 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     c.set_defaults(fn=cmd_plan)
 
     args = p.parse_args(argv)
+    import grpc
+
     try:
         return args.fn(args)
+    except grpc.RpcError as err:
+        print(f"kiln: error: {err.code().name}: {err.details()}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, ValueError, TypeError, RuntimeError) as err:
         print(f"kiln: error: {err}", file=sys.stderr)
         return 2
