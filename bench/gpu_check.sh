@@ -17,5 +17,7 @@ if [ -d .gpu/mlp_sm90 ]; then
   python3 bench/check_artifact.py --dir .gpu/mlp_sm90 --model examples/mlp.py --json "$OUT/mlp_sm90.json" \
     2>&1 | tee "$OUT/mlp_sm90.log" || status=1
 fi
-python3 -m pytest -q -s -m gpu tests/gpu -p no:cacheprovider 2>&1 | tee "$OUT/pytest_gpu.log" || status=1
+timeout 340 python3 -m pytest -q -s -m gpu tests/gpu -p no:cacheprovider 2>&1 | tee "$OUT/pytest_gpu.log" || status=1
+# 3. the CUTLASS sm90 GEMM against PyTorch on BERT-base layer shapes (a benchmark, not a test).
+timeout 190 python3 bench/gemm_sm90.py --compile --out "$OUT/gemm_sm90.json" 2>&1 | tee "$OUT/gemm_sm90.log" || status=1
 exit $status

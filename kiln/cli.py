@@ -7,10 +7,14 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from kiln import cluster
+
+if TYPE_CHECKING:
+    from kiln.profiledb import ProfileDB
 
 
 def _server(args: argparse.Namespace) -> str:
@@ -131,6 +135,82 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _redis_url() -> str:
+    if os.environ.get("KILN_REDIS_URL"):
+        return os.environ["KILN_REDIS_URL"]
+    state = cluster.load_state(Path(os.environ.get("KILN_CLUSTER_DIR", cluster.DEFAULT_DIR)))
+    if state is None:
+        raise RuntimeError("no Redis to talk to: set KILN_REDIS_URL or start a cluster (`kiln cluster up`)")
+    return state.redis_url
+
+
+def _profile_show(db: ProfileDB, prefix: str, device_kind: str | None) -> int:
+    # A scan of every record: fine for an operator's look-up, and it needs no second index.
+    found = [d for d in db.export()
+             if d["spec_key"].startswith(prefix) and (device_kind is None or d["device_kind"] == device_kind)]
+    if not found:
+        print(f"no profile records for spec {prefix}*" + (f" on {device_kind}" if device_kind else ""))
+        return 1
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for d in found:  # as `best` sees them: one group per device kind, kernel and toolchain
+        groups.setdefault((d["device_kind"], d["spec_key"], d["toolchain"]), []).append(d)
+    for (kind, spec_key, toolchain), recs in sorted(groups.items()):
+        print(f"{kind}  spec {spec_key}  toolchain {toolchain}")
+        recs.sort(key=lambda d: (not d["ok"], d["median_ms"] if d["ok"] else 0.0, json.dumps(d["config"], sort_keys=True)))
+        for d in recs:
+            config = json.dumps(d["config"], sort_keys=True)
+            where = f"{d['device'].get('name', '?')} ({d['worker'] or 'unknown worker'})"
+            if d["ok"]:
+                print(f"  {d['median_ms']:12.6f} ms  {config:24s} {d['runs']:4d} runs  {where}")
+            else:
+                error = " ".join(d["error"].split())  # a profiler's stderr tail, on the record's one row
+                print(f"  {'FAILED':>15s}  {config:24s} {error}  {where}")
+    return 0
+
+
+def _profile_import(db: ProfileDB, path: str) -> int:
+    from kiln.profiledb import ProfileRecord
+
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    records = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+            ProfileRecord(**d)  # all checked before any is written: a bad file imports nothing
+        except (json.JSONDecodeError, TypeError) as err:
+            raise ValueError(f"{path}:{n}: not a profile record: {err}") from None
+        records.append(d)
+    db.import_records(records)
+    print(f"imported {len(records)} profile records from {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    import redis
+
+    from kiln.profiledb import ProfileDB
+
+    db = ProfileDB(redis.Redis.from_url(_redis_url(), decode_responses=True))
+    try:
+        if args.action == "show":
+            return _profile_show(db, args.spec_prefix, args.device_kind)
+        if args.action == "import":
+            return _profile_import(db, args.file)
+        records = db.export()
+        lines = "".join(json.dumps(d, sort_keys=True) + "\n" for d in records)
+        if args.file == "-":
+            sys.stdout.write(lines)
+        else:
+            Path(args.file).write_text(lines)
+        print(f"exported {len(records)} profile records to {args.file}", file=sys.stderr)
+        return 0
+    except redis.RedisError as err:
+        print(f"kiln: error: redis: {err}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="kiln", description="Kiln: a GPU inference compiler farm")
     sub = p.add_subparsers(dest="command", required=True)
@@ -173,6 +253,17 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--target", default="cpu")
     c.add_argument("--explain", action="store_true")
     c.set_defaults(fn=cmd_plan)
+
+    c = sub.add_parser("profile", help="the fleet profile database (in the cluster's Redis)")
+    actions = c.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("show", help="a kernel's records, best first, per device kind")
+    a.add_argument("spec_prefix", metavar="SPEC_KEY_PREFIX")
+    a.add_argument("--device-kind", default=None, help="cpu.x86_64, cuda.sm90, ...")
+    a = actions.add_parser("export", help="write every record, one JSON object a line")
+    a.add_argument("file", metavar="FILE.jsonl", help="'-' for stdout")
+    a = actions.add_parser("import", help="add the records of an export")
+    a.add_argument("file", metavar="FILE.jsonl", help="'-' for stdin")
+    c.set_defaults(fn=cmd_profile)
 
     args = p.parse_args(argv)
     import grpc

@@ -13,6 +13,12 @@ class Target:
     arch: str            # x86_64, sm90, sm80, gfx90a, gfx940
     dtypes: frozenset[DType]
     description: str
+    # Hardware limits that candidate configs are pruned against before anything
+    # compiles: a config over any of them fails to launch or only spills.
+    smem_per_block: int = 48 * 1024    # bytes of static shared memory (LDS) a block may declare
+    max_threads_per_block: int = 1024
+    warp_size: int = 32                # AMD CDNA runs 64-wide wavefronts
+    max_register_tile: int = 32        # CPU GEMM accumulators (tm * tn): 16 SSE registers of 4 floats, half for loads
 
     @property
     def codegen_queue(self) -> str:
@@ -32,8 +38,10 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("cpu", "cpu", "x86_64", frozenset({DType.F32, DType.F16}), "x86-64 host code through g++"),
     Target("cuda:sm90", "cuda", "sm90", _FLOATS, "NVIDIA Hopper (H100/H200)"),
     Target("cuda:sm80", "cuda", "sm80", _FLOATS, "NVIDIA Ampere (A100)"),
-    Target("rocm:gfx90a", "rocm", "gfx90a", frozenset({DType.F32, DType.F16}), "AMD MI200 (compile-only here)"),
-    Target("rocm:gfx940", "rocm", "gfx940", frozenset({DType.F32, DType.F16}), "AMD MI300A (compile-only here)"),
+    Target("rocm:gfx90a", "rocm", "gfx90a", frozenset({DType.F32, DType.F16}), "AMD MI200 (compile-only here)",
+           smem_per_block=64 * 1024, warp_size=64),
+    Target("rocm:gfx940", "rocm", "gfx940", frozenset({DType.F32, DType.F16}), "AMD MI300A (compile-only here)",
+           smem_per_block=64 * 1024, warp_size=64),
 )}
 
 

@@ -21,6 +21,21 @@ from kiln.targets import Target
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
+# The profiler rotates through copies of its inputs whose sum passes ~2x the
+# largest L2 of any target (H100/H200: 50 MiB), so no timed run finds them
+# cached; never more than 8, so big inputs do not multiply device memory.
+ROTATE_BYTES = 128 << 20
+MAX_INPUT_COPIES = 8
+
+
+def rotation_copies(input_bytes: int) -> int:
+    return max(1, min(MAX_INPUT_COPIES, -(-ROTATE_BYTES // max(1, input_bytes))))
+
+
+def gemm_tile_smem_bytes(tile: int) -> int:
+    """Static shared memory of gpu/linear.j2: two float [T][T + 1] tiles."""
+    return 2 * tile * (tile + 1) * 4
+
 
 class UnsupportedKernel(ValueError):
     """This backend has no kernel for the spec; the message says which and why."""
@@ -37,7 +52,7 @@ def clabel(text: str) -> str:
 
 
 @functools.cache
-def _env() -> jinja2.Environment:
+def template_env() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True)
     env.filters["cident"] = cident
@@ -55,6 +70,8 @@ class Backend:
     types: ClassVar[dict[DType, str]]
     default_configs: ClassVar[dict[str, dict[str, Any]]]
     candidate_table: ClassVar[dict[str, list[dict[str, Any]]]] = {}
+    # Each candidate is one more compile and one more profiler run per kernel.
+    max_candidates: ClassVar[int] = 8
 
     # --- what the worker asks of a backend -------------------------------
     def toolchain_version(self) -> str:
@@ -83,10 +100,24 @@ class Backend:
         return dict(self.default_configs[spec.op])
 
     def candidate_configs(self, spec: KernelSpec, target: Target) -> list[dict[str, Any]]:
-        """Configs worth profiling; the default always comes first."""
+        """Configs worth profiling; the default comes first (the harness checks the others against it)."""
         default = self.default_config(spec, target)
-        rest = [c for c in self.candidate_table.get(spec.op, []) if c != default]
-        return [default, *rest]
+        kept = self.prune(spec, target, [default, *self.candidate_table.get(spec.op, [])])
+        if not kept:
+            raise UnsupportedKernel(f"no {spec.op} config of the {self.family} backend fits target {target.name}")
+        return kept
+
+    def prune(self, spec: KernelSpec, target: Target, configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The configs that fit the target, each once, in order, at most max_candidates."""
+        kept: list[dict[str, Any]] = []
+        for config in configs:
+            if config not in kept and self.fits(spec, target, config):
+                kept.append(config)
+        return kept[:self.max_candidates]
+
+    def fits(self, spec: KernelSpec, target: Target, config: dict[str, Any]) -> bool:
+        """Whether config can launch on target and is not sure to lose; backends add their limits."""
+        return True
 
     # --- rendering ---------------------------------------------------------
     @property
@@ -98,7 +129,7 @@ class Backend:
 
     def render_kernel(self, spec: KernelSpec, config: dict[str, Any], fn: str) -> str:
         ctx = self._context(spec, config, fn)
-        return _env().get_template(f"{self.template_dir}/{spec.op}.j2").render(**ctx)
+        return template_env().get_template(f"{self.template_dir}/{spec.op}.j2").render(**ctx)
 
     def _context(self, spec: KernelSpec, config: dict[str, Any], fn: str) -> dict[str, Any]:
         out = spec.outputs[0]
@@ -150,7 +181,7 @@ class Backend:
             calls.append({"id": call.kernel, "fn": fns[call.kernel], "args": args,
                           "dims": [sym_index[s] for s in call.symbols],
                           "label": clabel("+".join(call.source_ops))})
-        return _env().get_template("common/model.j2").render(
+        return template_env().get_template("common/model.j2").render(
             b=self, plan=plan, kernel_fns=sorted(set(fns.values())), calls=calls, sym_names=sym_names,
             const_offsets=const_offsets, const_bytes=const_bytes)
 
@@ -164,16 +195,30 @@ class Backend:
                 n *= values[d.name] if isinstance(d, IntVar) else d
             return {"bytes": n * t.dtype.itemsize, "code": codes[t.dtype]}
 
-        return _env().get_template("common/profiler.j2").render(
-            b=self, fns=fns, spec_key=spec.key(), dims=dims,
-            inputs=[sig(t) for t in spec.inputs], outputs=[sig(t) for t in spec.outputs])
+        inputs = [sig(t) for t in spec.inputs]
+        return template_env().get_template("common/profiler.j2").render(
+            b=self, fns=fns, spec_key=spec.key(), dims=dims, inputs=inputs, outputs=[sig(t) for t in spec.outputs],
+            copies=rotation_copies(sum(t["bytes"] for t in inputs)))
 
     def exe_link_cmd(self, target: Target, objects: list[Path], out: Path) -> list[str]:
         cmd = self.link_cmd(target, objects, out)
         return [c for c in cmd if c != "-shared"]
 
     def render_constants_asm(self, blob_path: str) -> str:
-        return _env().get_template("common/constants.S.j2").render(path=blob_path)
+        return template_env().get_template("common/constants.S.j2").render(path=blob_path)
+
+
+class GpuBackend(Backend):
+    """cuda and rocm render the same gpu templates, so the same limits bound their configs."""
+
+    def fits(self, spec: KernelSpec, target: Target, config: dict[str, Any]) -> bool:
+        if spec.op == "linear":
+            # linear.j2 launches T x T threads, each staging one element of both tiles.
+            tile = int(config["tile"])
+            return gemm_tile_smem_bytes(tile) <= target.smem_per_block and tile * tile <= target.max_threads_per_block
+        # A partial warp idles lanes; the reductions also keep one slot per warp in shared[32].
+        block = int(config["block"])
+        return 0 < block <= target.max_threads_per_block and block % target.warp_size == 0
 
 
 def first_line(cmd: list[str], env: dict[str, str] | None = None, last: bool = False) -> str:

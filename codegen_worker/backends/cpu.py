@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Any
 
 from codegen_worker.backends.base import Backend, first_line
 from kiln.dtypes import DType
+from kiln.plan import KernelSpec
 from kiln.targets import Target
 
 
@@ -17,6 +19,10 @@ class CpuBackend(Backend):
     types = {DType.F32: "float", DType.F16: "kiln_f16"}
     default_configs = {"fused_elementwise": {}, "linear": {"tm": 4, "tn": 4}, "layernorm": {}, "softmax": {}}
     candidate_table = {"linear": [{"tm": 1, "tn": 1}, {"tm": 2, "tn": 8}, {"tm": 4, "tn": 8}, {"tm": 8, "tn": 4}]}
+
+    def fits(self, spec: KernelSpec, target: Target, config: dict[str, Any]) -> bool:
+        # Accumulators past the register file spill to the stack on every k: such a tile only loses.
+        return int(config.get("tm", 1)) * int(config.get("tn", 1)) <= target.max_register_tile
 
     @functools.cache  # noqa: B019  (one backend object per process)
     def toolchain_version(self) -> str:

@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Any
 
-from codegen_worker.backends.base import Backend, first_line
+from codegen_worker.backends import cutlass_sm90
+from codegen_worker.backends.base import GpuBackend, first_line, template_env
 from kiln.dtypes import DType
+from kiln.plan import KernelSpec
 from kiln.targets import Target
 
 _GENCODE = {"sm90": "arch=compute_90a,code=sm_90a", "sm80": "arch=compute_80,code=sm_80"}
 
 
-class CudaBackend(Backend):
+class CudaBackend(GpuBackend):
     family = "cuda"
     template_dir = "gpu"
     source_suffix = ".cu"
@@ -25,7 +28,8 @@ class CudaBackend(Backend):
 
     @functools.cache  # noqa: B019
     def toolchain_version(self) -> str:
-        return first_line(["nvcc", "--version"], last=True)
+        # CUTLASS headers shape the bytes of every sm90 GEMM: part of the toolchain.
+        return f"{first_line(['nvcc', '--version'], last=True)}; cutlass {_cutlass_version()}"
 
     def flags(self, target: Target) -> list[str]:
         # -DNDEBUG matters: without it CUTLASS wgmma kernels serialise (C7510).
@@ -33,8 +37,59 @@ class CudaBackend(Backend):
                 "-gencode", _GENCODE[target.arch]]
 
     def compile_object_cmd(self, target: Target, src: Path, out: Path) -> list[str]:
-        return ["nvcc", *self.flags(target), "-c", str(src), "-o", str(out)]
+        # Include paths are kept out of flags(): object keys never hash a path.
+        return ["nvcc", *self.flags(target), *_cutlass_includes(), "-c", str(src), "-o", str(out)]
 
     def link_cmd(self, target: Target, objects: list[Path], out: Path) -> list[str]:
         return ["nvcc", "-shared", "-Xcompiler", "-fPIC", "-gencode", _GENCODE[target.arch],
                 "-cudart", "static", "-o", str(out), *map(str, objects)]
+
+    # --- CUTLASS sm90 GEMMs for linear -------------------------------------------
+    def _cutlass(self, spec: KernelSpec, target: Target) -> bool:
+        return spec.op == "linear" and target.arch == "sm90" and cutlass_sm90.plan_for(spec) is not None
+
+    def default_config(self, spec: KernelSpec, target: Target) -> dict[str, Any]:
+        if self._cutlass(spec, target):
+            return dict(cutlass_sm90.DEFAULT)
+        return super().default_config(spec, target)
+
+    def candidate_configs(self, spec: KernelSpec, target: Target) -> list[dict[str, Any]]:
+        if self._cutlass(spec, target):
+            return self.prune(spec, target, [dict(c) for c in cutlass_sm90.CANDIDATES])
+        return super().candidate_configs(spec, target)
+
+    def fits(self, spec: KernelSpec, target: Target, config: dict[str, Any]) -> bool:
+        if config.get("impl") == "cutlass_sm90":
+            return self._cutlass(spec, target)
+        return super().fits(spec, target, config)
+
+    def render_kernel(self, spec: KernelSpec, config: dict[str, Any], fn: str) -> str:
+        if config.get("impl") == "cutlass_sm90":
+            ctx = self._context(spec, config, fn) | cutlass_sm90.context(spec, config)
+            return template_env().get_template("gpu/linear_cutlass_sm90.j2").render(**ctx)
+        return super().render_kernel(spec, config, fn)
+
+
+@functools.cache
+def _cutlass_root() -> Path:
+    import cutlass_library
+
+    return Path(cutlass_library.__file__).resolve().parent / "source"
+
+
+@functools.cache
+def _cutlass_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nvidia-cutlass")
+    except PackageNotFoundError:
+        return "absent"
+
+
+def _cutlass_includes() -> list[str]:
+    try:
+        root = _cutlass_root()
+    except ImportError:
+        return []
+    return [f"-I{root / 'include'}", f"-I{root / 'tools' / 'util' / 'include'}"]

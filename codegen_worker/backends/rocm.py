@@ -5,12 +5,12 @@ import functools
 import os
 from pathlib import Path
 
-from codegen_worker.backends.base import Backend, first_line
+from codegen_worker.backends.base import GpuBackend, first_line
 from kiln.dtypes import DType
 from kiln.targets import Target
 
 
-class RocmBackend(Backend):
+class RocmBackend(GpuBackend):
     family = "rocm"
     template_dir = "gpu"
     source_suffix = ".hip"

@@ -98,6 +98,8 @@ def farm_env(redis_url: str, store_url: str, s3_endpoint: str | None, grpc_port:
     env.update({
         "KILN_REDIS_URL": redis_url, "KILN_STORE_URL": store_url, "KILN_GRPC_LISTEN": f"127.0.0.1:{grpc_port}",
         "KILN_WORK_DIR": str(work_dir), "KILN_VISIBILITY_TIMEOUT": "10", "KILN_HEARTBEAT": "1",
+        # A planted hanging candidate costs this, and it must end well inside the visibility timeout.
+        "KILN_PROFILE_RUN_TIMEOUT": "5",
         "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
         "PYTHONUNBUFFERED": "1",
     })

@@ -69,9 +69,14 @@ def merge_sources(backend: Backend, sources: Iterable[str]) -> str:
     """
     prelude = backend.prelude
     parts = []
-    for i, src in enumerate(dict.fromkeys(sources)):
-        assert prelude in src, "a rendered kernel lost its prelude"
-        parts.append(src if i == 0 else src.replace(prelude, "", 1))
+    seen = False
+    for src in dict.fromkeys(sources):
+        # CUTLASS kernels carry no prelude: their names live in their own namespace.
+        if prelude in src:
+            parts.append(src.replace(prelude, "", 1) if seen else src)
+            seen = True
+        else:
+            parts.append(src)
     return "\n".join(parts)
 
 

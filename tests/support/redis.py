@@ -1,6 +1,7 @@
 """A real redis-server on a free loopback port, stopped by the test."""
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -20,12 +21,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def redis_server(appendonly: bool = False) -> Iterator[str]:
+def redis_server(appendonly: bool = False, dir: Path | None = None) -> Iterator[str]:
+    """dir: where redis keeps its files; pass the same one again to restart on the same data."""
     exe = shutil.which("redis-server")
     if exe is None:
         raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
     port = free_port()
-    with tempfile.TemporaryDirectory(prefix="kiln-redis-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = str(dir) if dir is not None else stack.enter_context(tempfile.TemporaryDirectory(prefix="kiln-redis-"))
         proc = subprocess.Popen([exe, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
                                  "--appendonly", "yes" if appendonly else "no", "--maxmemory-policy", "noeviction",
                                  "--dir", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

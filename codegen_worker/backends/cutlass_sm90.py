@@ -1,0 +1,82 @@
+"""Which linear kernels CUTLASS's sm90 GEMM serves, and with which configs.
+
+Its epilogue computes act(acc + bias + residual) in registers; epilogue
+programs of that shape map onto it, anything else stays on the SIMT kernel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kiln.dtypes import DType
+from kiln.ops import EwInstr
+from kiln.plan import KernelSpec
+
+ACTIVATIONS = {None: "Identity", "relu": "ReLu", "gelu": "GELU", "gelu_tanh": "GELU_taylor", "silu": "SiLu",
+               "sigmoid": "Sigmoid"}
+TYPES = {DType.F16: "cutlass::half_t", DType.BF16: "cutlass::bfloat16_t"}
+SCHEDULES = {
+    "cooperative": ("cutlass::gemm::KernelTmaWarpSpecializedCooperative",
+                    "cutlass::epilogue::TmaWarpSpecializedCooperative"),
+    "pingpong": ("cutlass::gemm::KernelTmaWarpSpecializedPingpong", "cutlass::epilogue::TmaWarpSpecialized"),
+}
+DEFAULT = {"impl": "cutlass_sm90", "tile": [128, 128, 64], "cluster": [1, 1], "schedule": "cooperative"}
+CANDIDATES = [
+    DEFAULT,
+    {"impl": "cutlass_sm90", "tile": [128, 256, 64], "cluster": [1, 1], "schedule": "cooperative"},
+    {"impl": "cutlass_sm90", "tile": [128, 128, 64], "cluster": [2, 1], "schedule": "cooperative"},
+    {"impl": "cutlass_sm90", "tile": [64, 128, 64], "cluster": [1, 1], "schedule": "pingpong"},
+]
+
+
+@dataclass(frozen=True)
+class EpiloguePlan:
+    activation: str            # a cutlass::epilogue::thread functor
+    residual_arg: int | None   # the kernel argument added with beta = 1
+
+
+def match_epilogue(program: tuple[EwInstr, ...], n_values: int) -> tuple[str | None, int | None] | None:
+    """(activation, residual value index) if the program is act?(v0 [+ r]), else None."""
+    steps = list(program)
+    residual, current = None, 0
+    if steps and steps[0].op == "add" and 0 in steps[0].args and steps[0].args[0] != steps[0].args[1]:
+        residual = steps[0].args[1] if steps[0].args[0] == 0 else steps[0].args[0]
+        if residual >= n_values:
+            return None  # adding an earlier result, not an input
+        steps, current = steps[1:], n_values
+    if not steps:
+        return None, residual
+    if len(steps) == 1 and steps[0].op in ACTIVATIONS and steps[0].args == (current,):
+        return steps[0].op, residual
+    return None
+
+
+def plan_for(spec: KernelSpec) -> EpiloguePlan | None:
+    """How CUTLASS computes this linear, or None when it cannot."""
+    out = spec.outputs[0]
+    if out.dtype not in TYPES or any(t.dtype != out.dtype for t in spec.inputs):
+        return None
+    k = spec.inputs[0].shape[-1]
+    n = spec.inputs[1].shape[0]
+    if not (isinstance(k, int) and isinstance(n, int)) or k % 8 or n % 8:
+        return None  # TMA needs 16-byte aligned rows
+    extra_start = 3 if spec.attrs.has_bias else 2
+    matched = match_epilogue(spec.attrs.epilogue, 1 + len(spec.inputs) - extra_start)
+    if matched is None:
+        return None
+    act, residual = matched
+    residual_arg = None
+    if residual is not None:
+        residual_arg = extra_start + residual - 1
+        if spec.inputs[residual_arg].shape != out.shape:
+            return None  # a broadcast residual is not a plain C matrix
+    return EpiloguePlan(ACTIVATIONS[act], residual_arg)
+
+
+def context(spec: KernelSpec, config: dict[str, Any]) -> dict[str, Any]:
+    plan = plan_for(spec)
+    assert plan is not None, "config chosen for a spec CUTLASS cannot serve"
+    kernel_schedule, epilogue_schedule = SCHEDULES[config["schedule"]]
+    return {"cutlass_type": TYPES[spec.outputs[0].dtype], "activation": plan.activation,
+            "residual_arg": plan.residual_arg, "kernel_schedule": kernel_schedule,
+            "epilogue_schedule": epilogue_schedule}
