@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,10 @@ class CudaBackend(GpuBackend):
 
 @functools.cache
 def _cutlass_root() -> Path:
+    """The nvidia-cutlass wheel's headers, or KILN_CUTLASS_DIR on machines without the wheel."""
+    override = os.environ.get("KILN_CUTLASS_DIR")
+    if override:
+        return Path(override)
     import cutlass_library
 
     return Path(cutlass_library.__file__).resolve().parent / "source"
