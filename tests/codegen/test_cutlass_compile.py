@@ -1,0 +1,45 @@
+"""The CUTLASS sm90 GEMM compiles here (no GPU): right headers, wgmma not serialised."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from codegen_worker import build
+from codegen_worker.backends import cutlass_sm90, get_backend
+from kiln.dtypes import DType
+from kiln.ir import IntVar, TensorType
+from kiln.ops import EwInstr, LinearAttrs
+from kiln.plan import canonical_spec
+from kiln.targets import get_target
+
+
+def _spec(dtype: DType, epilogue: tuple[EwInstr, ...], n: int = 256, k: int = 128):
+    m = IntVar("m", 1, 512)
+    ins = [TensorType(dtype, (m, k)), TensorType(dtype, (n, k)), TensorType(dtype, (n,))]
+    if any(i.op == "add" for i in epilogue):
+        ins.append(TensorType(dtype, (m, n)))
+    return canonical_spec("linear", LinearAttrs(True, epilogue), ins, [TensorType(dtype, (m, n))])[0]
+
+
+def test_eligible_linears_default_to_cutlass_and_others_do_not():
+    backend, sm90, sm80 = get_backend("cuda"), get_target("cuda:sm90"), get_target("cuda:sm80")
+    gelu = (EwInstr("gelu", (0,)),)
+    assert backend.default_config(_spec(DType.F16, gelu), sm90)["impl"] == "cutlass_sm90"
+    assert "impl" not in backend.default_config(_spec(DType.F16, gelu), sm80)
+    assert "impl" not in backend.default_config(_spec(DType.F32, gelu), sm90)       # no fp32 Tensor Core path
+    assert "impl" not in backend.default_config(_spec(DType.F16, gelu, n=250), sm90)  # rows not 16-byte aligned
+    odd = (EwInstr("mul", (0, 0)),)
+    assert "impl" not in backend.default_config(_spec(DType.F16, odd), sm90)
+    assert len(backend.candidate_configs(_spec(DType.BF16, gelu), sm90)) == len(cutlass_sm90.CANDIDATES)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+def test_cutlass_gemm_with_residual_epilogue_compiles_without_serialised_wgmma():
+    backend, target = get_backend("cuda"), get_target("cuda:sm90")
+    spec = _spec(DType.BF16, (EwInstr("add", (0, 1)), EwInstr("relu", (2,))))
+    rk = build.render(backend, target, spec, backend.default_config(spec, target))
+    assert "LinCombPerColBiasEltAct" in rk.source and "ReLu" in rk.source
+    obj, log = build.compile_kernel(backend, target, rk)
+    assert obj[:4] == b"\x7fELF"
+    assert "C7510" not in log
