@@ -17,7 +17,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = Settings.from_env()
     frontend = Frontend(settings.open_store(), JobStore(farm.redis_client(settings)),
-                        farm.make_celery(settings, "kiln-frontend"))
+                        farm.make_celery(settings, "kiln-frontend"), settings.job_idle_timeout_s)
     server, port = make_server(frontend, settings.grpc_listen)
     server.start()
     logging.info("frontend listening on %s (port %d)", settings.grpc_listen, port)

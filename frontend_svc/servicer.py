@@ -40,7 +40,7 @@ class CompileServicer(farm_pb2_grpc.CompileServiceServicer):
         self.f = frontend
 
     def _job(self, job_id: str) -> Job:
-        job = self.f.jobs.get(job_id) if job_id else None
+        job = self.f.job(job_id)
         if job is None:
             raise NotFound(f"job {job_id[:64]!r} not found")
         return job

@@ -23,6 +23,13 @@ class Frontend:
     store: BlobStore
     jobs: JobStore
     celery: Celery
+    job_idle_timeout_s: float = 5400.0
+
+    def job(self, job_id: str) -> Job | None:
+        """A job, failed first if it stopped making progress (lazily: no extra process)."""
+        if job_id:
+            self.jobs.fail_if_stale(job_id, self.job_idle_timeout_s)
+        return self.jobs.get(job_id) if job_id else None
 
     def submit(self, req: farm_pb2.SubmitCompileRequest) -> Job:
         try:
@@ -50,7 +57,7 @@ class Frontend:
         job_id = JobStore.new_id()
         owner = self.jobs.claim_key(key, job_id)
         if owner != job_id:
-            running = self.jobs.get(owner)
+            running = self.job(owner)
             if running is not None and self.jobs.is_live(owner):
                 return running
             self.jobs.release_key(key, owner)

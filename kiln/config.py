@@ -21,6 +21,9 @@ class Settings:
     task_hard_limit_s: int = 1900
     profile_run_timeout_s: float = 120.0
     heartbeat_s: float = 5.0
+    # A running job with no event for this long lost a task for good (e.g. one
+    # killed by the hard time limit, which acknowledges it): it is failed.
+    job_idle_timeout_s: float = 5400.0
 
     @staticmethod
     def from_env(env: dict[str, str] | None = None) -> Settings:
@@ -45,6 +48,7 @@ class Settings:
             task_hard_limit_s=get("KILN_TASK_HARD_LIMIT", d.task_hard_limit_s),
             profile_run_timeout_s=get("KILN_PROFILE_RUN_TIMEOUT", d.profile_run_timeout_s),
             heartbeat_s=get("KILN_HEARTBEAT", d.heartbeat_s),
+            job_idle_timeout_s=get("KILN_JOB_IDLE_TIMEOUT", d.job_idle_timeout_s),
         )
 
     def open_store(self):

@@ -167,6 +167,21 @@ class JobStore:
         self.emit(job_id, log=log or f"job {state.lower()}", error=error)
         return True
 
+    def idle_seconds(self, job_id: str) -> float:
+        """Seconds since the job's last event (stream ids are millisecond timestamps)."""
+        last = self.r.xrevrange(self._k(job_id, "events"), count=1)
+        if not last:
+            return 0.0
+        now_s, now_us = self.r.time()
+        return max(0.0, now_s + now_us / 1e6 - int(last[0][0].split("-")[0]) / 1000)
+
+    def fail_if_stale(self, job_id: str, idle_timeout_s: float) -> bool:
+        """End a live job that has made no progress for idle_timeout_s; True if it did."""
+        if not self.is_live(job_id) or self.idle_seconds(job_id) < idle_timeout_s:
+            return False
+        return self.finish(job_id, FAILED, error=f"no progress for {idle_timeout_s:.0f}s: a task was lost "
+                                                 "(see the workers' logs); submit again to retry")
+
     def is_live(self, job_id: str) -> bool:
         state = self.r.hget(self._k(job_id), "state")
         return state is not None and state not in TERMINAL

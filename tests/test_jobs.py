@@ -1,0 +1,54 @@
+"""Job state in a real Redis: atomic kernel counting, one terminal state, stale jobs failed."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from kiln.jobs import FAILED, RUNNING, SUCCEEDED, Job, JobStore
+from tests.support.redis import redis_server
+
+
+@pytest.fixture(scope="module")
+def jobs():
+    with redis_server() as url:
+        r = redis.Redis.from_url(url, decode_responses=True)
+        yield JobStore(r)
+        r.close()
+
+
+def new_job(jobs: JobStore, key: str = "k") -> Job:
+    job = Job(JobStore.new_id(), key, "cpu", state=RUNNING)
+    assert jobs.claim_key(key, job.id) == job.id
+    jobs.create(job)
+    return job
+
+
+def test_each_kernel_counts_once_even_when_reported_twice(jobs):
+    job = new_job(jobs, "count")
+    jobs.set_pending(job.id, ["k0", "k1"])
+    assert jobs.report_kernel(job.id, "k0", {"fn": "a"}) == 1
+    assert jobs.report_kernel(job.id, "k0", {"fn": "a"}) == -1  # a redelivered report
+    assert jobs.report_kernel(job.id, "k1", {"fn": "b"}) == 0
+    assert jobs.get(job.id).done == 2 and set(jobs.kernel_results(job.id)) == {"k0", "k1"}
+
+
+def test_a_job_ends_once_and_frees_its_key(jobs):
+    job = new_job(jobs, "once")
+    assert jobs.finish(job.id, SUCCEEDED, artifact="ab" * 32)
+    assert not jobs.finish(job.id, FAILED, error="late failure")
+    assert jobs.get(job.id).state == SUCCEEDED
+    other = JobStore.new_id()
+    assert jobs.claim_key("once", other) == other
+
+
+def test_a_job_without_progress_is_failed_and_watchers_hear_it(jobs):
+    job = new_job(jobs, "stale")
+    assert not jobs.fail_if_stale(job.id, 30)
+    time.sleep(1.2)
+    assert jobs.fail_if_stale(job.id, 1.0)
+    got = jobs.get(job.id)
+    assert got.state == FAILED and "no progress" in got.error
+    assert jobs.events(job.id, "0", block_ms=1)[-1].state == FAILED
+    assert not jobs.fail_if_stale(job.id, 0.0)  # already ended
