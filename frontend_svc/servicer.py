@@ -14,19 +14,17 @@ from kiln.v1 import farm_pb2, farm_pb2_grpc
 CHUNK = 1 << 20
 MAX_BLOB = 16 << 30
 _HEX = re.compile(r"^[0-9a-f]{64}$")
-_STATE = {"QUEUED": farm_pb2.QUEUED, "RUNNING": farm_pb2.RUNNING, "SUCCEEDED": farm_pb2.SUCCEEDED,
-          "FAILED": farm_pb2.FAILED, "CANCELLED": farm_pb2.CANCELLED}
 
 
 def job_to_pb(job: Job) -> farm_pb2.Job:
-    return farm_pb2.Job(id=job.id, key=job.key, target=job.target, state=_STATE[job.state], stage=job.stage,
+    return farm_pb2.Job(id=job.id, key=job.key, target=job.target, state=farm_pb2.JobState.Value(job.state), stage=job.stage,
                         done=job.done, total=job.total, artifact=job.artifact, error=job.error, cached=job.cached,
                         created_unix=job.created, finished_unix=job.finished)
 
 
 def event_to_pb(e: Event) -> farm_pb2.JobEvent:
     return farm_pb2.JobEvent(id=e.id, stage=e.stage, done=e.done, total=e.total, log=e.log, error=e.error,
-                             state=_STATE[e.state], artifact=e.artifact)
+                             state=farm_pb2.JobState.Value(e.state), artifact=e.artifact)
 
 
 def _digest(value: str, field: str) -> str:

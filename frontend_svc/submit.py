@@ -16,6 +16,7 @@ from kiln.targets import Target, get_target
 from kiln.v1 import farm_pb2, graph_pb2
 from kiln.validate import graph_from_pb
 from kiln.version import compiler_version
+from kiln.wire import type_from_pb
 
 
 @dataclass(frozen=True)
@@ -83,10 +84,6 @@ class Frontend:
             if size is None:
                 raise FailedPrecondition(f"constants[{i}] (tensor {c.name!r}): blob {c.sha256} is not uploaded; "
                                          "send it with PutBlob first")
-            want = 1
-            for d in c.type.shape:
-                want *= d.static
-            from kiln.wire import PB_TO_DTYPE
-            want *= PB_TO_DTYPE[c.type.dtype].itemsize
+            want = type_from_pb(c.type).max_bytes()
             if size != want:
                 raise GraphError(f"constants[{i}] (tensor {c.name!r}).sha256", f"blob holds {size} bytes, the type needs {want}")

@@ -8,7 +8,6 @@ import contextlib
 import os
 import socket
 import threading
-import time
 
 import redis
 from celery import Celery
@@ -70,22 +69,24 @@ def start_heartbeat(settings: Settings, queues: list[str], info: str = "") -> th
     r = redis_client(settings)
     ttl = max(3, int(settings.heartbeat_s * 3))
 
+    def announce() -> None:
+        try:
+            for q in queues:
+                r.set(online_key(q, host), info or "1", ex=ttl)
+        except redis.RedisError:
+            pass  # the broker is down: Celery itself will say so
+
     def beat() -> None:
-        while not stop.is_set():
-            try:
-                for q in queues:
-                    r.set(online_key(q, host), info or "1", ex=ttl)
-            except redis.RedisError:
-                pass  # the broker is down: Celery itself will say so
-            stop.wait(settings.heartbeat_s)
+        while not stop.wait(settings.heartbeat_s):
+            announce()
         for q in queues:
             try:
                 r.delete(online_key(q, host))
             except redis.RedisError:
                 pass
 
+    announce()  # before the worker takes tasks, so the fleet sees it at once
     threading.Thread(target=beat, name="kiln-heartbeat", daemon=True).start()
-    time.sleep(0)  # let the first beat go out before the worker takes tasks
     return stop
 
 
@@ -97,7 +98,6 @@ def run_worker(app: Celery, queues: list[str], name: str, concurrency: int, pool
 
 def worker_args(argv: list[str] | None, default_concurrency: int):
     import argparse
-    import os
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--queues", required=True, help="comma-separated queue names")
@@ -123,7 +123,7 @@ def fleet_lock(r: redis.Redis, name: str, wait_s: float, ttl_s: float = 20.0):
         while not stop.wait(ttl_s / 3):
             try:
                 lock.extend(ttl_s, replace_ttl=True)
-            except (redis.RedisError, Exception):  # noqa: BLE001  (lost lock: the holder finishes anyway)
+            except Exception:  # noqa: BLE001  (lost lock: the holder finishes anyway)
                 return
 
     keeper = threading.Thread(target=renew, name="kiln-lock-keeper", daemon=True)

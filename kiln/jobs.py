@@ -46,7 +46,12 @@ class Job:
             options=h["options"])
 
     def to_hash(self) -> dict[str, str]:
-        return {k: ("1" if v is True else "0" if v is False else str(v)) for k, v in asdict(self).items()}
+        return {k: _encode(v) for k, v in asdict(self).items()}
+
+
+def _encode(value: Any) -> str:
+    """Redis hash fields are strings; bools read back through `== "1"`."""
+    return "1" if value is True else "0" if value is False else str(value)
 
 
 @dataclass(frozen=True)
@@ -93,9 +98,10 @@ class JobStore:
         return Job.from_hash(h) if h else None
 
     def update(self, job_id: str, **fields: Any) -> None:
-        job = Job(id=job_id, key="", target="", **{k: v for k, v in fields.items()})
-        full = job.to_hash()
-        self.r.hset(self._k(job_id), mapping={k: full[k] for k in fields})
+        unknown = set(fields) - set(Job.__dataclass_fields__)
+        if unknown:
+            raise KeyError(f"jobs have no field(s) {sorted(unknown)}")
+        self.r.hset(self._k(job_id), mapping={k: _encode(v) for k, v in fields.items()})
 
     def emit(self, job_id: str, *, log: str = "", error: str = "", stage: str | None = None) -> None:
         job = self.get(job_id)

@@ -40,12 +40,13 @@ def register(app: Celery, settings: Settings) -> None:
         for res in results:
             pdb.put(ProfileRecord(tgt.device_kind, device, toolchain, kspec.key(), configs[res.index], res.ok,
                                   res.median_ms if res.ok else -1.0, res.runs, res.error, me))
-        ok = sorted((res for res in results if res.ok), key=lambda x: x.median_ms)
         summary = ", ".join(f"{configs[x.index]}: {x.median_ms:.4f} ms" if x.ok else f"{configs[x.index]}: {x.error}"
                             for x in results)
         if jobs.get(job_id) is not None:
             jobs.emit(job_id, log=f"{kernel_id}: profiled on {me}: {summary}")
-        config, profiled = (configs[ok[0].index], True) if ok else (configs[0], False)
+        # The database's pick, so this job and every later compile of the kernel agree.
+        best = pdb.best(tgt.device_kind, toolchain, kspec.key(), configs)
+        config, profiled = (best, True) if best is not None else (configs[0], False)
         app.send_task(farm.TASK_KERNEL, queue=tgt.codegen_queue, kwargs={
             "job_id": job_id, "kernel_id": kernel_id, "spec": spec, "target": target, "profile": True,
             "config": config, "profiled": profiled})
