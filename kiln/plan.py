@@ -70,6 +70,8 @@ class Buffer:
     type: TensorType
     kind: str        # input | output | constant | activation
     index: int       # input/output/constant position, or arena offset for activations
+    # A view (reshape) owns no bytes: it names the buffer whose bytes it reads.
+    alias_of: str = ""
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,8 @@ class ExecutionPlan:
         return next(b for b in self.buffers if b.name == name)
 
     def of_kind(self, kind: str) -> list[Buffer]:
-        return sorted((b for b in self.buffers if b.kind == kind), key=lambda b: b.index)
+        """The buffers that own bytes of this kind (views excluded)."""
+        return sorted((b for b in self.buffers if b.kind == kind and not b.alias_of), key=lambda b: b.index)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -33,14 +33,16 @@ class Target:
         return f"profile.{self.device_kind}"
 
 
-_FLOATS = frozenset({DType.F32, DType.F16, DType.BF16})
+# Integer tensors exist as embedding indices and cast sources (masks, ids).
+_INDEX = frozenset({DType.I32, DType.I64, DType.BOOL})
+_FLOATS = frozenset({DType.F32, DType.F16, DType.BF16}) | _INDEX
 TARGETS: dict[str, Target] = {t.name: t for t in (
-    Target("cpu", "cpu", "x86_64", frozenset({DType.F32, DType.F16}), "x86-64 host code through g++"),
+    Target("cpu", "cpu", "x86_64", frozenset({DType.F32, DType.F16}) | _INDEX, "x86-64 host code through g++"),
     Target("cuda:sm90", "cuda", "sm90", _FLOATS, "NVIDIA Hopper (H100/H200)"),
     Target("cuda:sm80", "cuda", "sm80", _FLOATS, "NVIDIA Ampere (A100)"),
-    Target("rocm:gfx90a", "rocm", "gfx90a", frozenset({DType.F32, DType.F16}), "AMD MI200 (compile-only here)",
+    Target("rocm:gfx90a", "rocm", "gfx90a", frozenset({DType.F32, DType.F16}) | _INDEX, "AMD MI200 (compile-only here)",
            smem_per_block=64 * 1024, warp_size=64),
-    Target("rocm:gfx940", "rocm", "gfx940", frozenset({DType.F32, DType.F16}), "AMD MI300A (compile-only here)",
+    Target("rocm:gfx940", "rocm", "gfx940", frozenset({DType.F32, DType.F16}) | _INDEX, "AMD MI300A (compile-only here)",
            smem_per_block=64 * 1024, warp_size=64),
 )}
 

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import jinja2
 
-from codegen_worker.backends import cexpr
+from codegen_worker.backends import cexpr, contexts
 from kiln.dtypes import DType
 from kiln.ir import IntVar, TensorType
 from kiln.plan import ExecutionPlan, KernelSpec
@@ -138,36 +138,13 @@ class Backend:
             "config_text": ",".join(f"{k}={v}" for k, v in sorted(config.items())),
             "symbol_lines": cexpr.symbol_lines(spec.symbols), "xt": self.ctype(out.dtype),
         }
-        if spec.op == "fused_elementwise":
-            ctx["numel_out"] = cexpr.numel_expr(out.shape)
-            ctx["offsets"] = [cexpr.offset_expr(t.shape, out.shape, "i") for t in spec.inputs]
-            ctx["body"] = cexpr.program_lines(spec.attrs.program, [f"x{i}" for i in range(len(spec.inputs))], "r")
-        elif spec.op == "linear":
-            x, w = spec.inputs[0], spec.inputs[1]
-            ctx["M"], ctx["K"] = cexpr.rows_cols(x)
-            ctx["N"] = cexpr.dim_expr(w.shape[0])
-            ctx["has_bias"] = spec.attrs.has_bias
-            extras = []
-            arg = 2
-            if spec.attrs.has_bias:
-                extras.append({"name": "bias", "arg": 2, "epilogue": None, "offset": ""})
-                arg = 3
-            for j, t in enumerate(spec.inputs[arg:], start=1):
-                extras.append({"name": f"e{j}", "arg": arg + j - 1, "epilogue": j,
-                               "offset": cexpr.offset_expr(t.shape, out.shape, "i")})
-            ctx["extras"] = extras
-            n_vals = 1 + len(spec.inputs) - arg
-            ctx["body"] = cexpr.program_lines(spec.attrs.epilogue, [f"x{i}" for i in range(n_vals)], "r")
-        elif spec.op in ("layernorm", "softmax"):
-            ctx["R"], ctx["C"] = cexpr.rows_cols(spec.inputs[0])
-            ctx["eps"] = repr(float(spec.attrs.eps)) if spec.op == "layernorm" else ""
+        ctx.update(contexts.op_context(self, spec))
         return ctx
 
     def render_model(self, plan: ExecutionPlan, fns: dict[str, str], const_offsets: list[int],
                      const_bytes: int) -> str:
         sym_names = [f"sym{i}" for i in range(len(plan.symbols))]
         sym_index = {s.name: sym_names[i] for i, s in enumerate(plan.symbols)}
-        const_index = {b.name: b.index for b in plan.of_kind("constant")}
         calls = []
         for call in plan.calls:
             args = []
@@ -175,7 +152,7 @@ class Backend:
                 buf = plan.buffer(name)
                 args.append({
                     "input": f"inputs[{buf.index}]", "output": f"outputs[{buf.index}]",
-                    "constant": f"m->consts + kConstOffsets[{const_index.get(name, 0)}]",
+                    "constant": f"m->consts + kConstOffsets[{buf.index}]",
                     "activation": f"m->arena + {buf.index}",
                 }[buf.kind])
             calls.append({"id": call.kernel, "fn": fns[call.kernel], "args": args,
@@ -208,6 +185,11 @@ class Backend:
         return template_env().get_template("common/constants.S.j2").render(path=blob_path)
 
 
+# GPU ops whose only tuning knob is the threads per block.
+GPU_BLOCK_OPS = ("conv2d", "pool2d", "reduce_sum", "reduce_mean", "reduce_max", "permute", "slice", "concat",
+                 "embedding", "cast", "copy", "matmul")
+
+
 class GpuBackend(Backend):
     """cuda and rocm render the same gpu templates, so the same limits bound their configs."""
 
@@ -216,6 +198,8 @@ class GpuBackend(Backend):
             # linear.j2 launches T x T threads, each staging one element of both tiles.
             tile = int(config["tile"])
             return gemm_tile_smem_bytes(tile) <= target.smem_per_block and tile * tile <= target.max_threads_per_block
+        if "block" not in config:
+            return True
         # A partial warp idles lanes; the reductions also keep one slot per warp in shared[32].
         block = int(config["block"])
         return 0 < block <= target.max_threads_per_block and block % target.warp_size == 0

@@ -20,6 +20,11 @@ UNARY_C = {
     "exp": "expf({0})",
     "neg": "(-{0})",
     "sqrt": "sqrtf({0})",
+    "rsqrt": "(1.0f / sqrtf({0}))",
+    "reciprocal": "(1.0f / {0})",
+    "erf": "erff({0})",
+    "abs": "fabsf({0})",
+    "log": "logf({0})",
 }
 BINARY_C = {
     "add": "({0} + {1})",
@@ -27,6 +32,8 @@ BINARY_C = {
     "mul": "({0} * {1})",
     "div": "({0} / {1})",
     "maximum": "fmaxf({0}, {1})",
+    "minimum": "fminf({0}, {1})",
+    "pow": "powf({0}, {1})",
 }
 
 

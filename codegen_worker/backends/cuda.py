@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from codegen_worker.backends import cutlass_sm90
-from codegen_worker.backends.base import GpuBackend, first_line, template_env
+from codegen_worker.backends.base import GPU_BLOCK_OPS, GpuBackend, first_line, template_env
 from kiln.dtypes import DType
 from kiln.plan import KernelSpec
 from kiln.targets import Target
@@ -22,9 +22,11 @@ class CudaBackend(GpuBackend):
     prelude_file = "prelude_cuda.h"
     host_prelude = "#include <cuda_runtime.h>"
     api = "cuda"
-    types = {DType.F32: "float", DType.F16: "__half", DType.BF16: "__nv_bfloat16"}
+    types = {DType.F32: "float", DType.F16: "__half", DType.BF16: "__nv_bfloat16",
+             DType.I32: "int32_t", DType.I64: "int64_t", DType.BOOL: "bool"}
     default_configs = {"fused_elementwise": {"block": 256}, "linear": {"tile": 16}, "layernorm": {"block": 256},
-                       "softmax": {"block": 256}}
+                       "softmax": {"block": 256},
+                       **{op: {"block": 256} for op in GPU_BLOCK_OPS}, "attention": {"block_q": 64}}
     candidate_table = {"linear": [{"tile": 32}], "fused_elementwise": [{"block": 128}, {"block": 512}]}
 
     @functools.cache  # noqa: B019

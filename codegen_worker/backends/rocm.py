@@ -5,7 +5,7 @@ import functools
 import os
 from pathlib import Path
 
-from codegen_worker.backends.base import GpuBackend, first_line
+from codegen_worker.backends.base import GPU_BLOCK_OPS, GpuBackend, first_line
 from kiln.dtypes import DType
 from kiln.targets import Target
 
@@ -17,9 +17,10 @@ class RocmBackend(GpuBackend):
     prelude_file = "prelude_hip.h"
     host_prelude = "#include <hip/hip_runtime.h>"
     api = "hip"
-    types = {DType.F32: "float", DType.F16: "kiln_f16"}
+    types = {DType.F32: "float", DType.F16: "kiln_f16", DType.I32: "int32_t", DType.I64: "int64_t", DType.BOOL: "bool"}
     default_configs = {"fused_elementwise": {"block": 256}, "linear": {"tile": 16}, "layernorm": {"block": 256},
-                       "softmax": {"block": 256}}
+                       "softmax": {"block": 256},
+                       **{op: {"block": 256} for op in GPU_BLOCK_OPS}, "attention": {"block_q": 64}}
 
     def compiler_env(self) -> dict[str, str]:
         # nvcc is on the same machines, and hipcc would pick the NVIDIA platform.

@@ -20,6 +20,11 @@ UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "exp": np.exp,
     "neg": np.negative,
     "sqrt": np.sqrt,
+    "rsqrt": lambda x: 1.0 / np.sqrt(x),
+    "reciprocal": lambda x: 1.0 / x,
+    "erf": erf,
+    "abs": np.abs,
+    "log": np.log,
 }
 
 BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
@@ -28,6 +33,8 @@ BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "mul": np.multiply,
     "div": np.divide,
     "maximum": np.maximum,
+    "minimum": np.minimum,
+    "pow": np.power,
 }
 
 

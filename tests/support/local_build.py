@@ -248,7 +248,11 @@ def add_pointwise_chain(b: GraphBuilder, dtype: DType, shape: tuple[Dim, ...] = 
     d = _op(b, "maximum", c, relu(-y))            # maximum, relu, neg
     e = _op(b, "exp", tanh(d))                    # exp (of a value in [-1, 1])
     f = _op(b, "sqrt", sigmoid(e + x))            # sqrt (of a value in (0, 1)), sigmoid
-    return f / _op(b, "exp", relu(x))             # div (by a value >= 1)
+    g = f / _op(b, "exp", relu(x))                # div (by a value >= 1)
+    p1 = _op(b, "minimum", _op(b, "erf", x), _op(b, "rsqrt", _op(b, "exp", tanh(y))))  # minimum, erf, rsqrt
+    p2 = _op(b, "pow", sigmoid(x), _op(b, "abs", y))  # pow (of a positive base), abs
+    p3 = _op(b, "log", _op(b, "reciprocal", sigmoid(y)))  # log (of a value >= 1), reciprocal
+    return g + p1 * p2 - p3
 
 
 def add_each_pointwise_op(b: GraphBuilder, dtype: DType, shape: tuple[Dim, ...] = (5, 37), p: str = "") -> list[Value]:
@@ -256,8 +260,10 @@ def add_each_pointwise_op(b: GraphBuilder, dtype: DType, shape: tuple[Dim, ...] 
     op whose error a long chain would squash is still seen."""
     x = b.input(f"{p}x", shape, dtype)
     y = b.input(f"{p}y", shape, dtype)
-    outs = [_op(b, kind, x * x) if kind == "sqrt" else _op(b, kind, x) for kind in UNARY]
-    outs += [_op(b, kind, x, sigmoid(y)) if kind == "div" else _op(b, kind, x, y) for kind in BINARY]
+    positive = ("sqrt", "rsqrt", "log", "reciprocal")
+    outs = [_op(b, kind, _op(b, "exp", x)) if kind in positive else _op(b, kind, x) for kind in UNARY]
+    outs += [_op(b, kind, x, sigmoid(y)) if kind == "div" else _op(b, kind, sigmoid(y), x) if kind == "pow"
+             else _op(b, kind, x, y) for kind in BINARY]
     return outs
 
 

@@ -1,0 +1,210 @@
+"""Per-op template contexts: the C expressions each op's templates read.
+
+One function per op kind, shared by every C-style backend (cpu, cuda, rocm):
+a template for a new backend reads the same names as the others. Sizes are C
+expressions over the spec's symbols s0, s1, ... (see cexpr).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from codegen_worker.backends import cexpr
+from kiln.dtypes import DType
+from kiln.ir import Dim, TensorType
+from kiln.plan import KernelSpec
+
+Context = dict[str, Any]
+CONTEXTS: dict[str, Callable[[Any, KernelSpec], Context]] = {}
+
+
+def context_for(*kinds: str):
+    def register(fn: Callable[[Any, KernelSpec], Context]) -> Callable[[Any, KernelSpec], Context]:
+        for kind in kinds:
+            CONTEXTS[kind] = fn
+        return fn
+    return register
+
+
+def op_context(backend: Any, spec: KernelSpec) -> Context:
+    fn = CONTEXTS.get(spec.op)
+    return fn(backend, spec) if fn else {}
+
+
+def strides(shape: tuple[Dim, ...]) -> list[str]:
+    """Row-major element strides as C expressions."""
+    out = []
+    for axis in range(len(shape)):
+        out.append(cexpr.numel_expr(shape[axis + 1:]) if axis + 1 < len(shape) else "INT64_C(1)")
+    return out
+
+
+def _epilogue(spec: KernelSpec, first_extra: int) -> Context:
+    """bias + epilogue extras of linear and conv2d: the accumulator is x0."""
+    out = spec.outputs[0]
+    extras = []
+    arg = first_extra
+    if spec.attrs.has_bias:
+        extras.append({"name": "bias", "arg": arg, "epilogue": None, "offset": ""})
+        arg += 1
+    for j, t in enumerate(spec.inputs[arg:], start=1):
+        extras.append({"name": f"e{j}", "arg": arg + j - 1, "epilogue": j,
+                       "offset": cexpr.offset_expr(t.shape, out.shape, "i")})
+    n_vals = 1 + len(spec.inputs) - arg
+    return {"has_bias": spec.attrs.has_bias, "extras": extras,
+            "body": cexpr.program_lines(spec.attrs.epilogue, [f"x{i}" for i in range(n_vals)], "r")}
+
+
+@context_for("fused_elementwise")
+def _fused(b: Any, spec: KernelSpec) -> Context:
+    out = spec.outputs[0]
+    return {"numel_out": cexpr.numel_expr(out.shape),
+            "offsets": [cexpr.offset_expr(t.shape, out.shape, "i") for t in spec.inputs],
+            "body": cexpr.program_lines(spec.attrs.program, [f"x{i}" for i in range(len(spec.inputs))], "r")}
+
+
+@context_for("linear")
+def _linear(b: Any, spec: KernelSpec) -> Context:
+    x, w = spec.inputs[0], spec.inputs[1]
+    m, k = cexpr.rows_cols(x)
+    return {"M": m, "K": k, "N": cexpr.dim_expr(w.shape[0])} | _epilogue(spec, 2)
+
+
+@context_for("layernorm", "softmax")
+def _rows(b: Any, spec: KernelSpec) -> Context:
+    r, c = cexpr.rows_cols(spec.inputs[0])
+    return {"R": r, "C": c, "eps": repr(float(spec.attrs.eps)) if spec.op == "layernorm" else ""}
+
+
+@context_for("conv2d")
+def _conv(b: Any, spec: KernelSpec) -> Context:
+    x, w, out = spec.inputs[0], spec.inputs[1], spec.outputs[0]
+    a = spec.attrs
+    o, kh, kw, cg = w.shape
+    return {"N": cexpr.dim_expr(x.shape[0]), "H": x.shape[1], "W": x.shape[2], "C": x.shape[3],
+            "O": o, "KH": kh, "KW": kw, "OH": out.shape[1], "OW": out.shape[2],
+            "SH": a.stride[0], "SW": a.stride[1], "PT": a.pads[0], "PL": a.pads[1],
+            "DH": a.dilation[0], "DW": a.dilation[1], "G": a.groups, "CG": cg, "OG": o // a.groups,
+            "numel_out": cexpr.numel_expr(out.shape)} | _epilogue(spec, 2)
+
+
+@context_for("pool2d")
+def _pool(b: Any, spec: KernelSpec) -> Context:
+    x, out = spec.inputs[0], spec.outputs[0]
+    a = spec.attrs
+    return {"N": cexpr.dim_expr(x.shape[0]), "H": x.shape[1], "W": x.shape[2], "C": x.shape[3],
+            "OH": out.shape[1], "OW": out.shape[2], "KH": a.kernel[0], "KW": a.kernel[1],
+            "SH": a.stride[0], "SW": a.stride[1], "PT": a.pads[0], "PL": a.pads[1], "PB": a.pads[2],
+            "PR": a.pads[3], "mode": a.mode, "count_include_pad": a.count_include_pad,
+            "numel_out": cexpr.numel_expr(out.shape)}
+
+
+@context_for("reduce_sum", "reduce_mean", "reduce_max")
+def _reduce(b: Any, spec: KernelSpec) -> Context:
+    """The input as [OUTER, RED, INNER]: the reduced axes are consecutive."""
+    x = spec.inputs[0]
+    axes = sorted(spec.attrs.axes)
+    return {"mode": spec.op.removeprefix("reduce_"), "OUTER": cexpr.numel_expr(x.shape[:axes[0]]),
+            "RED": cexpr.numel_expr(x.shape[axes[0]:axes[-1] + 1]), "INNER": cexpr.numel_expr(x.shape[axes[-1] + 1:]),
+            "numel_out": cexpr.numel_expr(spec.outputs[0].shape)}
+
+
+@context_for("permute")
+def _permute(b: Any, spec: KernelSpec) -> Context:
+    """out[i] = in[sum_k coord_k(i) * in_strides[k]], coords over the output dims."""
+    x, out = spec.inputs[0], spec.outputs[0]
+    st = strides(x.shape)
+    return {"rank": out.rank, "out_dims": [cexpr.dim_expr(d) for d in out.shape],
+            "in_strides": [st[p] for p in spec.attrs.perm], "numel_out": cexpr.numel_expr(out.shape)}
+
+
+@context_for("slice")
+def _slice(b: Any, spec: KernelSpec) -> Context:
+    """out[i] = in[base + sum_k coord_k(i) * in_strides[k]] (steps folded into the strides)."""
+    x, out = spec.inputs[0], spec.outputs[0]
+    st = strides(x.shape)
+    a = spec.attrs
+    base = " + ".join(f"INT64_C({s}) * ({st[k]})" for k, s in enumerate(a.starts) if s) or "INT64_C(0)"
+    return {"rank": out.rank, "out_dims": [cexpr.dim_expr(d) for d in out.shape],
+            "in_strides": [f"INT64_C({step}) * ({st[k]})" for k, step in enumerate(a.steps)],
+            "base": base, "numel_out": cexpr.numel_expr(out.shape)}
+
+
+@context_for("concat")
+def _concat(b: Any, spec: KernelSpec) -> Context:
+    """Each input is [OUTER, inner_j]; the output is [OUTER, OUT_INNER] with input j at column offset_j."""
+    axis = spec.attrs.axis
+    out = spec.outputs[0]
+    pieces, offset = [], 0
+    tail = cexpr.numel_expr(out.shape[axis + 1:])
+    for j, t in enumerate(spec.inputs):
+        width = t.shape[axis]
+        pieces.append({"arg": j, "inner": f"INT64_C({width}) * ({tail})", "offset": f"INT64_C({offset}) * ({tail})"})
+        offset += width
+    return {"OUTER": cexpr.numel_expr(out.shape[:axis]), "OUT_INNER": f"INT64_C({offset}) * ({tail})",
+            "pieces": pieces}
+
+
+@context_for("embedding")
+def _embedding(b: Any, spec: KernelSpec) -> Context:
+    table, idx = spec.inputs
+    return {"V": table.shape[0], "D": table.shape[1], "ROWS": cexpr.numel_expr(idx.shape),
+            "it": b.ctype(idx.dtype)}
+
+
+@context_for("cast", "copy")
+def _cast(b: Any, spec: KernelSpec) -> Context:
+    return {"numel_out": cexpr.numel_expr(spec.outputs[0].shape), "it": b.ctype(spec.inputs[0].dtype),
+            "ot": b.ctype(spec.outputs[0].dtype),
+            "nbytes": f"({cexpr.numel_expr(spec.outputs[0].shape)}) * {spec.outputs[0].dtype.itemsize}"}
+
+
+@context_for("matmul")
+def _matmul(b: Any, spec: KernelSpec) -> Context:
+    """out[bi] = a[a_off(bi)] @ b[b_off(bi)], bi over the broadcast batch dims."""
+    a, bb, out = spec.inputs[0], spec.inputs[1], spec.outputs[0]
+    batch = out.shape[:-2]
+    m, n, k = a.shape[-2], bb.shape[-1], a.shape[-1]
+
+    def batch_offset(t: TensorType) -> str:
+        mat = f"({cexpr.dim_expr(t.shape[-2])}) * ({cexpr.dim_expr(t.shape[-1])})"
+        return f"({cexpr.offset_expr(t.shape[:-2], batch, 'bi')}) * {mat}"
+
+    return {"BATCH": cexpr.numel_expr(batch), "M": cexpr.dim_expr(m), "N": cexpr.dim_expr(n),
+            "K": cexpr.dim_expr(k), "a_off": batch_offset(a), "b_off": batch_offset(bb)}
+
+
+@context_for("attention")
+def _attention(b: Any, spec: KernelSpec) -> Context:
+    """Element strides per (batch, head, position) of q, k, v and out, whatever the layout;
+    the mask's strides are 0 along its broadcast dims."""
+    a = spec.attrs
+    q, k, v = spec.inputs[:3]
+    out = spec.outputs[0]
+
+    def bhs(t: TensorType) -> dict[str, str]:
+        st = strides(t.shape)
+        if a.layout == "bshd":
+            return {"b": st[0], "h": st[2], "s": st[1]}
+        return {"b": st[0], "h": st[1], "s": st[2]}
+
+    if a.layout == "bshd":
+        bdim, hdim, sq, sk = q.shape[0], q.shape[2], q.shape[1], k.shape[1]
+    else:
+        bdim, hdim, sq, sk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+    ctx: Context = {"B": cexpr.dim_expr(bdim), "H": cexpr.dim_expr(hdim), "SQ": cexpr.dim_expr(sq),
+                    "SK": cexpr.dim_expr(sk), "D": q.shape[3], "DV": v.shape[3], "scale": repr(float(a.scale)),
+                    "causal": a.causal, "has_mask": a.has_mask,
+                    "q": bhs(q), "k": bhs(k), "v": bhs(v), "o": bhs(out)}
+    if a.has_mask:
+        mask = spec.inputs[3]
+        full = (bdim, hdim, sq, sk)
+        padded = (1,) * (4 - mask.rank) + tuple(mask.shape)
+        st = strides(padded)
+        ctx["m"] = {axis: ("INT64_C(0)" if padded[i] == 1 and full[i] != 1 else st[i])
+                    for i, axis in enumerate(("b", "h", "q", "k"))}
+    return ctx
+
+
+def is_int(dtype: DType) -> bool:
+    return dtype in (DType.I32, DType.I64, DType.BOOL)
