@@ -176,28 +176,43 @@ def _matmul(b: Any, spec: KernelSpec) -> Context:
 
 @context_for("attention")
 def _attention(b: Any, spec: KernelSpec) -> Context:
-    """Element strides per (batch, head, position) of q, k, v and out, whatever the layout;
-    the mask's strides are 0 along its broadcast dims."""
+    """Element strides per (batch, head, position) of q, k, v and out, and each
+    one's base offset, whatever the layout; the mask's strides are 0 along its
+    broadcast dims. The mask, when present, is the last input."""
     a = spec.attrs
-    q, k, v = spec.inputs[:3]
     out = spec.outputs[0]
+    bdim, sq, hdim, dv = out.shape if a.layout != "bhsd" else (out.shape[0], out.shape[2], out.shape[1], out.shape[3])
 
-    def bhs(t: TensorType) -> dict[str, str]:
+    def bhs(t: TensorType, base: str = "INT64_C(0)") -> dict[str, str]:
         st = strides(t.shape)
+        if a.layout == "bhsd":
+            return {"b": st[0], "h": st[1], "s": st[2], "base": base}
         if a.layout == "bshd":
-            return {"b": st[0], "h": st[2], "s": st[1]}
-        return {"b": st[0], "h": st[1], "s": st[2]}
+            return {"b": st[0], "h": st[2], "s": st[1], "base": base}
+        return {"b": st[0], "h": st[3], "s": st[1], "base": base}  # bs3hd: [B, S, 3, H, D]
 
-    if a.layout == "bshd":
-        bdim, hdim, sq, sk = q.shape[0], q.shape[2], q.shape[1], k.shape[1]
+    if a.layout == "bs3hd":
+        qkv = spec.inputs[0]
+        sk, d = qkv.shape[1], qkv.shape[4]
+        plane = strides(qkv.shape)[2]
+        q, k, v = (bhs(qkv, f"INT64_C({i}) * ({plane})") for i in range(3))
+        args = {"q": 0, "k": 0, "v": 0}
     else:
-        bdim, hdim, sq, sk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+        qt, kt, vt = spec.inputs[:3]
+        sk = kt.shape[1] if a.layout == "bshd" else kt.shape[2]
+        d = qt.shape[3]
+        q, k, v = bhs(qt), bhs(kt), bhs(vt)
+        args = {"q": 0, "k": 1, "v": 2}
     ctx: Context = {"B": cexpr.dim_expr(bdim), "H": cexpr.dim_expr(hdim), "SQ": cexpr.dim_expr(sq),
-                    "SK": cexpr.dim_expr(sk), "D": q.shape[3], "DV": v.shape[3], "scale": repr(float(a.scale)),
-                    "causal": a.causal, "has_mask": a.has_mask,
-                    "q": bhs(q), "k": bhs(k), "v": bhs(v), "o": bhs(out)}
+                    "SK": cexpr.dim_expr(sk), "D": d, "DV": dv, "scale": repr(float(a.scale)),
+                    "causal": a.causal, "has_mask": a.has_mask, "args": args,
+                    "mask_arg": len(spec.inputs) - 1, "out_arg": len(spec.inputs),
+                    "q": q, "k": k, "v": v, "o": bhs(out)}
+    if a.layout == "bs3hd":
+        ctx["o"] = {"b": strides(out.shape)[0], "h": strides(out.shape)[2], "s": strides(out.shape)[1],
+                    "base": "INT64_C(0)"}
     if a.has_mask:
-        mask = spec.inputs[3]
+        mask = spec.inputs[-1]
         full = (bdim, hdim, sq, sk)
         padded = (1,) * (4 - mask.rank) + tuple(mask.shape)
         st = strides(padded)

@@ -15,7 +15,8 @@ class AttentionAttrs:
     causal: bool = False
     has_mask: bool = False
     # bhsd: q/k/v/out are [B, H, S, D]; bshd: [B, S, H, D], the layout a linear
-    # produces, so the heads need no permute kernel.
+    # produces, so the heads need no permute kernel; bs3hd: one packed input
+    # qkv [B, S, 3, H, D] (a fused QKV linear's output, viewed), out [B, S, H, D].
     layout: str = "bhsd"
 
 
@@ -29,17 +30,28 @@ class Attention(OpDef):
 
     kind = "attention"
     Attrs = AttentionAttrs
-    min_inputs = 3
+    min_inputs = 1
     max_inputs = 4
 
     def check_attrs(self, attrs: AttentionAttrs) -> None:
-        if attrs.layout not in ("bhsd", "bshd"):
-            raise ShapeError(f"attention: layout must be 'bhsd' or 'bshd', got {attrs.layout!r}")
+        if attrs.layout not in ("bhsd", "bshd", "bs3hd"):
+            raise ShapeError(f"attention: layout must be 'bhsd', 'bshd' or 'bs3hd', got {attrs.layout!r}")
 
     def infer(self, inputs: list[TensorType], attrs: AttentionAttrs) -> list[TensorType]:
-        if len(inputs) != 3 + attrs.has_mask:
-            raise ShapeError(f"attention: expected {3 + attrs.has_mask} inputs (has_mask={attrs.has_mask})")
+        n_qkv = 1 if attrs.layout == "bs3hd" else 3
+        if len(inputs) != n_qkv + attrs.has_mask:
+            raise ShapeError(f"attention: expected {n_qkv + attrs.has_mask} inputs "
+                             f"(layout={attrs.layout}, has_mask={attrs.has_mask})")
         same_float_dtype(inputs, "attention")
+        if attrs.layout == "bs3hd":
+            qkv = inputs[0]
+            if qkv.rank != 5 or qkv.shape[2] != 3:
+                raise ShapeError(f"attention: bs3hd needs a packed qkv [B, S, 3, H, D], got {qkv}")
+            b, s, _, h, d = qkv.shape
+            one = TensorType(qkv.dtype, (b, s, h, d))
+            unpacked = self.infer([one, one, one, *inputs[1:]], AttentionAttrs(
+                attrs.scale, attrs.causal, attrs.has_mask, "bshd"))
+            return unpacked
         q, k, v = (_to_bhsd(t.shape, attrs.layout) if t.rank == 4 else None for t in inputs[:3])
         if q is None or k is None or v is None:
             raise ShapeError("attention: q, k and v must be rank 4")
@@ -57,6 +69,10 @@ class Attention(OpDef):
         return [TensorType(inputs[0].dtype, _to_bhsd(out, attrs.layout))]
 
     def reference(self, inputs: list[np.ndarray], attrs: AttentionAttrs) -> list[np.ndarray]:
+        if attrs.layout == "bs3hd":
+            qkv = inputs[0]
+            unpacked = [qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], *inputs[1:]]
+            return self.reference(unpacked, AttentionAttrs(attrs.scale, attrs.causal, attrs.has_mask, "bshd"))
         q, k, v = (np.swapaxes(t, 1, 2) if attrs.layout == "bshd" else t for t in inputs[:3])
         s = (q @ np.swapaxes(k, -1, -2)) * attrs.scale
         if attrs.has_mask:
