@@ -47,18 +47,18 @@ class CudaBackend(GpuBackend):
         return ["nvcc", "-shared", "-Xcompiler", "-fPIC", "-gencode", _GENCODE[target.arch],
                 "-cudart", "static", "-o", str(out), *map(str, objects)]
 
-    # --- CUTLASS sm90 GEMMs for linear -------------------------------------------
+    # --- CUTLASS sm90 GEMMs (linear) and implicit-GEMM convs (conv2d) ------------
     def _cutlass(self, spec: KernelSpec, target: Target) -> bool:
-        return spec.op == "linear" and target.arch == "sm90" and cutlass_sm90.plan_for(spec) is not None
+        return target.arch == "sm90" and cutlass_sm90.plan_for(spec) is not None
 
     def default_config(self, spec: KernelSpec, target: Target) -> dict[str, Any]:
         if self._cutlass(spec, target):
-            return dict(cutlass_sm90.DEFAULT)
+            return dict(cutlass_sm90.defaults(spec)[0])
         return super().default_config(spec, target)
 
     def candidate_configs(self, spec: KernelSpec, target: Target) -> list[dict[str, Any]]:
         if self._cutlass(spec, target):
-            return self.prune(spec, target, [dict(c) for c in cutlass_sm90.CANDIDATES])
+            return self.prune(spec, target, [dict(c) for c in cutlass_sm90.defaults(spec)[1]])
         return super().candidate_configs(spec, target)
 
     def fits(self, spec: KernelSpec, target: Target, config: dict[str, Any]) -> bool:
@@ -69,7 +69,7 @@ class CudaBackend(GpuBackend):
     def render_kernel(self, spec: KernelSpec, config: dict[str, Any], fn: str) -> str:
         if config.get("impl") == "cutlass_sm90":
             ctx = self._context(spec, config, fn) | cutlass_sm90.context(spec, config)
-            return template_env().get_template("gpu/linear_cutlass_sm90.j2").render(**ctx)
+            return template_env().get_template(cutlass_sm90.template(spec)).render(**ctx)
         return super().render_kernel(spec, config, fn)
 
 

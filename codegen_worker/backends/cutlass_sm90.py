@@ -1,7 +1,8 @@
-"""Which linear kernels CUTLASS's sm90 GEMM serves, and with which configs.
+"""Which linear and conv2d kernels CUTLASS's sm90 kernels serve, and with which configs.
 
-Its epilogue computes act(acc + bias + residual) in registers; epilogue
-programs of that shape map onto it, anything else stays on the SIMT kernel.
+Both (the GEMM and the implicit-GEMM conv) share one epilogue that computes
+act(acc + bias + residual) in registers; epilogue programs of that shape map
+onto it, anything else stays on the SIMT kernels.
 """
 from __future__ import annotations
 
@@ -27,6 +28,24 @@ CANDIDATES = [
     {"impl": "cutlass_sm90", "tile": [128, 128, 64], "cluster": [2, 1], "schedule": "cooperative"},
     {"impl": "cutlass_sm90", "tile": [64, 128, 64], "cluster": [1, 1], "schedule": "pingpong"},
 ]
+# Implicit-GEMM conv: N is the output channels (64..2048 in ResNets), so narrower
+# tiles matter. CUTLASS 4.2 has only the non-persistent warp-specialized
+# schedule for sm90 conv ("persistent schedules not supported for conv yet").
+CONV_SCHEDULES = {
+    "ws": ("cutlass::conv::KernelImplicitTmaWarpSpecializedSm90", "cutlass::epilogue::TmaWarpSpecialized"),
+}
+CONV_DEFAULT = {"impl": "cutlass_sm90", "tile": [128, 128, 64], "cluster": [1, 1], "schedule": "ws"}
+CONV_CANDIDATES = [
+    CONV_DEFAULT,
+    {"impl": "cutlass_sm90", "tile": [128, 64, 64], "cluster": [1, 1], "schedule": "ws"},
+    {"impl": "cutlass_sm90", "tile": [64, 128, 64], "cluster": [1, 1], "schedule": "ws"},
+    {"impl": "cutlass_sm90", "tile": [128, 256, 64], "cluster": [1, 1], "schedule": "ws"},
+    {"impl": "cutlass_sm90", "tile": [128, 128, 64], "cluster": [2, 1], "schedule": "ws"},
+]
+
+
+def defaults(spec: KernelSpec) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    return (CONV_DEFAULT, CONV_CANDIDATES) if spec.op == "conv2d" else (DEFAULT, CANDIDATES)
 
 
 @dataclass(frozen=True)
@@ -52,12 +71,16 @@ def match_epilogue(program: tuple[EwInstr, ...], n_values: int) -> tuple[str | N
 
 
 def plan_for(spec: KernelSpec) -> EpiloguePlan | None:
-    """How CUTLASS computes this linear, or None when it cannot."""
+    """How CUTLASS computes this linear or conv2d, or None when it cannot."""
     out = spec.outputs[0]
-    if out.dtype not in TYPES or any(t.dtype != out.dtype for t in spec.inputs):
+    if spec.op not in ("linear", "conv2d") or out.dtype not in TYPES or any(t.dtype != out.dtype for t in spec.inputs):
         return None
-    k = spec.inputs[0].shape[-1]
-    n = spec.inputs[1].shape[0]
+    if spec.op == "linear":
+        k, n = spec.inputs[0].shape[-1], spec.inputs[1].shape[0]
+    else:
+        if spec.attrs.groups != 1:
+            return None  # CUTLASS's sm90 implicit GEMM has no grouped conv
+        k, n = spec.inputs[0].shape[-1], spec.inputs[1].shape[0]  # input and output channels
     if not (isinstance(k, int) and isinstance(n, int)) or k % 8 or n % 8:
         return None  # TMA needs 16-byte aligned rows
     extra_start = 3 if spec.attrs.has_bias else 2
@@ -76,7 +99,15 @@ def plan_for(spec: KernelSpec) -> EpiloguePlan | None:
 def context(spec: KernelSpec, config: dict[str, Any]) -> dict[str, Any]:
     plan = plan_for(spec)
     assert plan is not None, "config chosen for a spec CUTLASS cannot serve"
-    kernel_schedule, epilogue_schedule = SCHEDULES[config["schedule"]]
-    return {"cutlass_type": TYPES[spec.outputs[0].dtype], "activation": plan.activation,
-            "residual_arg": plan.residual_arg, "kernel_schedule": kernel_schedule,
-            "epilogue_schedule": epilogue_schedule}
+    table = CONV_SCHEDULES if spec.op == "conv2d" else SCHEDULES
+    kernel_schedule, epilogue_schedule = table[config["schedule"]]
+    ctx = {"cutlass_type": TYPES[spec.outputs[0].dtype], "activation": plan.activation,
+           "residual_arg": plan.residual_arg, "kernel_schedule": kernel_schedule,
+           "epilogue_schedule": epilogue_schedule}
+    if spec.op == "conv2d":
+        ctx["PB"], ctx["PR"] = spec.attrs.pads[2], spec.attrs.pads[3]
+    return ctx
+
+
+def template(spec: KernelSpec) -> str:
+    return f"gpu/{spec.op}_cutlass_sm90.j2"

@@ -43,3 +43,38 @@ def test_cutlass_gemm_with_residual_epilogue_compiles_without_serialised_wgmma()
     obj, log = build.compile_kernel(backend, target, rk)
     assert obj[:4] == b"\x7fELF"
     assert "C7510" not in log
+
+
+def test_eligible_convs_default_to_cutlass_and_others_do_not():
+    from kiln.ops import Conv2dAttrs
+
+    backend, sm90 = get_backend("cuda"), get_target("cuda:sm90")
+    n = IntVar("n", 1, 64)
+
+    def conv(dtype: DType, c: int, o: int, groups: int = 1):
+        ins = [TensorType(dtype, (n, 14, 14, c)), TensorType(dtype, (o, 3, 3, c // groups)), TensorType(dtype, (o,))]
+        attrs = Conv2dAttrs(pads=(1, 1, 1, 1), groups=groups, has_bias=True, epilogue=(EwInstr("relu", (0,)),))
+        return canonical_spec("conv2d", attrs, ins, [TensorType(dtype, (n, 14, 14, o))])[0]
+
+    assert backend.default_config(conv(DType.F16, 64, 128), sm90)["impl"] == "cutlass_sm90"
+    assert "impl" not in backend.default_config(conv(DType.F16, 3, 64), sm90)          # stem: 3 channels
+    assert "impl" not in backend.default_config(conv(DType.F16, 64, 64, groups=2), sm90)  # grouped
+    assert "impl" not in backend.default_config(conv(DType.F32, 64, 64), sm90)
+    assert len(backend.candidate_configs(conv(DType.BF16, 64, 128), sm90)) == len(cutlass_sm90.CONV_CANDIDATES)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+def test_cutlass_implicit_gemm_conv_with_residual_epilogue_compiles():
+    from kiln.ops import Conv2dAttrs
+
+    backend, target = get_backend("cuda"), get_target("cuda:sm90")
+    n = IntVar("n", 1, 64)
+    t = TensorType(DType.F16, (n, 28, 28, 64))
+    attrs = Conv2dAttrs(pads=(1, 1, 1, 1), has_bias=True, epilogue=(EwInstr("add", (0, 1)), EwInstr("relu", (2,))))
+    ins = [t, TensorType(DType.F16, (64, 3, 3, 64)), TensorType(DType.F16, (64,)), t]
+    spec = canonical_spec("conv2d", attrs, ins, [t])[0]
+    rk = build.render(backend, target, spec, backend.default_config(spec, target))
+    assert "ConvUniversal" in rk.source and "LinCombPerColBiasEltAct" in rk.source
+    obj, log = build.compile_kernel(backend, target, rk)
+    assert obj[:4] == b"\x7fELF"
+    assert "C7510" not in log

@@ -1,0 +1,52 @@
+"""Conv2d graphs whose every conv is CUTLASS-eligible on sm90 (fp16/bf16, C and O multiples of 8).
+
+Each conv carries its bias and epilogue in its attrs (what the planner's
+conv-epilogue fusion produces), so the tests do not depend on that pass.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from kiln.builder import GraphBuilder, Value
+from kiln.dtypes import DType
+from kiln.ir import Graph, IntVar
+from kiln.ops import Conv2dAttrs, EwInstr
+
+RELU = (EwInstr("relu", (0,)),)
+ADD_RELU = (EwInstr("add", (0, 1)), EwInstr("relu", (2,)))
+
+# name, (H, W, C), (O, KH, KW), stride, pads, dilation, epilogue kind
+CASES = [
+    ("3x3_s1", (14, 14, 64), (64, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), "relu"),
+    ("1x1_expand", (14, 14, 64), (256, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1), "bias"),
+    ("1x1_s2_residual", (14, 14, 128), (256, 1, 1), (2, 2), (0, 0, 0, 0), (1, 1), "add_relu"),
+    ("3x3_s2_odd", (15, 15, 64), (128, 3, 3), (2, 2), (1, 1, 1, 1), (1, 1), "add_relu"),
+    ("7x7_s2_stem", (32, 32, 8), (64, 7, 7), (2, 2), (3, 3, 3, 3), (1, 1), "relu"),
+    ("3x3_dilated_asym", (12, 13, 32), (40, 3, 3), (1, 1), (2, 1, 2, 3), (2, 2), "none"),
+]
+
+
+def add_conv(b: GraphBuilder, dtype: DType, case: tuple, batch: IntVar, p: str) -> Value:
+    name, (h, w, c), (o, kh, kw), stride, pads, dilation, kind = case
+    rng = np.random.default_rng(len(p))
+    x = b.input(f"{p}x", (batch, h, w, c), dtype)
+    bound = 1.0 / np.sqrt(c * kh * kw)
+    wt = b.constant(f"{p}w", rng.uniform(-bound, bound, (o, kh, kw, c)), dtype)
+    ins = [x, wt]
+    has_bias = kind != "none"
+    if has_bias:
+        ins.append(b.constant(f"{p}b", rng.uniform(-0.5, 0.5, o), dtype))
+    epilogue: tuple[EwInstr, ...] = {"relu": RELU, "add_relu": ADD_RELU}.get(kind, ())
+    probe = Conv2dAttrs(stride, pads, dilation, 1, has_bias, ())
+    if kind == "add_relu":
+        out_shape = b.op("conv2d", ins, probe).type.shape  # only to learn the output shape
+        b.ops.pop()
+        ins.append(b.input(f"{p}r", out_shape, dtype))
+    return b.op("conv2d", ins, Conv2dAttrs(stride, pads, dilation, 1, has_bias, epilogue), name=f"{p}conv")
+
+
+def conv_graph(dtype: DType, batch_max: int = 8) -> Graph:
+    b = GraphBuilder(f"convs_{dtype.value}")
+    batch = IntVar("batch", 1, batch_max)
+    outs = [add_conv(b, dtype, case, batch, f"{case[0]}.") for case in CASES]
+    return b.build(*outs)
