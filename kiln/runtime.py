@@ -1,4 +1,5 @@
-"""Load a fetched artifact and run it on NumPy arrays (or CUDA torch tensors)."""
+"""Load a fetched artifact and run it on NumPy arrays, torch tensors or any
+DLPack-capable array (CuPy, JAX, ...): device arrays go to the kernels with no copy."""
 from __future__ import annotations
 
 import ctypes
@@ -48,6 +49,7 @@ class Model:
             self.lib.kiln_memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
             self.lib.kiln_device_free.argtypes = [ctypes.c_void_p]
             self.lib.kiln_last_device_error.restype = ctypes.c_char_p
+            self.lib.kiln_model_run_graph.argtypes = self.lib.kiln_model_run.argtypes
 
     def close(self) -> None:
         if getattr(self, "handle", None):
@@ -83,9 +85,23 @@ class Model:
             shapes[sig.name] = tuple(values[d.name] if isinstance(d, IntVar) else d for d in sig.shape)
         return values, shapes
 
-    def run(self, inputs: dict[str, Any], stream: int | None = None) -> dict[str, Any]:
-        if _is_torch(next(iter(inputs.values()), None)):
-            return self._run_torch(inputs, stream)
+    def run(self, inputs: dict[str, Any], stream: int | None = None, *, out: dict[str, Any] | None = None,
+            graph: bool = False) -> dict[str, Any]:
+        """Run once. NumPy inputs give NumPy outputs; torch (or DLPack) device
+        tensors give torch tensors, written into `out` when given. graph=True
+        (GPU, device tensors, a non-default stream) replays a captured CUDA/HIP
+        graph once the same shapes and buffers were seen: pass the same `out`
+        tensors each time, or every call captures anew."""
+        first = next(iter(inputs.values()), None)
+        if not isinstance(first, np.ndarray) and hasattr(first, "__dlpack__") and not _is_torch(first):
+            import torch
+
+            inputs = {k: torch.from_dlpack(v) for k, v in inputs.items()}  # zero-copy views
+            first = next(iter(inputs.values()))
+        if _is_torch(first):
+            return self._run_torch(inputs, stream, out, graph)
+        if graph or out is not None:
+            raise RunError("graph replay and out= need device tensors (torch or DLPack), not NumPy arrays")
         values, shapes = self._bind(inputs)
         syms = (ctypes.c_int64 * max(1, len(self.manifest.symbols)))(*[values[s.name] for s in self.manifest.symbols])
         host_in = []
@@ -104,10 +120,11 @@ class Model:
             self._run_device(host_in, host_out, syms, stream)
         return {s.name: from_storage(a, s.dtype) for s, a in zip(self.manifest.outputs, host_out, strict=True)}
 
-    def _call(self, ins: list[int], outs: list[int], syms: Any, stream: int | None) -> None:
+    def _call(self, ins: list[int], outs: list[int], syms: Any, stream: int | None, graph: bool = False) -> None:
         in_arr = (ctypes.c_void_p * max(1, len(ins)))(*ins)
         out_arr = (ctypes.c_void_p * max(1, len(outs)))(*outs)
-        rc = self.lib.kiln_model_run(self.handle, in_arr, out_arr, syms, stream)
+        run = self.lib.kiln_model_run_graph if graph else self.lib.kiln_model_run
+        rc = run(self.handle, in_arr, out_arr, syms, stream)
         if rc != 0:
             raise RunError(f"kiln_model_run failed ({rc}): {self.lib.kiln_model_error(self.handle).decode()}")
 
@@ -141,13 +158,15 @@ class Model:
             for p in ptrs:
                 self.lib.kiln_device_free(p)
 
-    def _run_torch(self, inputs: dict[str, Any], stream: int | None) -> dict[str, Any]:
-        """Zero-copy on CUDA torch tensors: pointers go straight to the kernels."""
+    def _run_torch(self, inputs: dict[str, Any], stream: int | None, out: dict[str, Any] | None,
+                   graph: bool) -> dict[str, Any]:
+        """Zero-copy on device tensors: pointers go straight to the kernels."""
         import torch
 
         values, shapes = self._bind(inputs)
         syms = (ctypes.c_int64 * max(1, len(self.manifest.symbols)))(*[values[s.name] for s in self.manifest.symbols])
-        tdt = {DType.F32: torch.float32, DType.F16: torch.float16, DType.BF16: torch.bfloat16}
+        tdt = {DType.F32: torch.float32, DType.F16: torch.float16, DType.BF16: torch.bfloat16,
+               DType.I32: torch.int32, DType.I64: torch.int64, DType.BOOL: torch.bool}
         ins = []
         for sig in self.manifest.inputs:
             t = inputs[sig.name]
@@ -155,10 +174,23 @@ class Model:
                 raise RunError(f"input {sig.name!r} must be a contiguous {tdt[sig.dtype]} tensor, got {t.dtype}")
             ins.append(t)
         device = ins[0].device
-        outs = {s.name: torch.empty(shapes[s.name], dtype=tdt[s.dtype], device=device) for s in self.manifest.outputs}
+        if (device.type == "cuda") == (self.family == "cpu"):
+            raise RunError(f"a {self.manifest.target} model cannot run on tensors on {device}")
+        outs = {}
+        for s in self.manifest.outputs:
+            t = (out or {}).get(s.name)
+            if t is None:
+                t = torch.empty(shapes[s.name], dtype=tdt[s.dtype], device=device)
+            elif tuple(t.shape) != shapes[s.name] or t.dtype != tdt[s.dtype] or not t.is_contiguous() \
+                    or t.device != device:
+                raise RunError(f"out[{s.name!r}] must be a contiguous {tdt[s.dtype]} tensor of shape "
+                               f"{list(shapes[s.name])} on {device}")
+            outs[s.name] = t
         if stream is None and device.type == "cuda":
             stream = torch.cuda.current_stream(device).cuda_stream
-        self._call([t.data_ptr() for t in ins], [t.data_ptr() for t in outs.values()], syms, stream)
+        if graph and (self.family == "cpu" or not stream):
+            raise RunError("graph replay needs a GPU model and a non-default stream (e.g. inside torch.cuda.stream(...))")
+        self._call([t.data_ptr() for t in ins], [t.data_ptr() for t in outs.values()], syms, stream, graph)
         return outs
 
 

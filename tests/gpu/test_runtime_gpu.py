@@ -1,0 +1,88 @@
+"""The runtime on a GPU: CUDA-graph replay, caller-owned outputs, DLPack inputs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kiln import reference
+from kiln.dtypes import DType
+from kiln.runtime import Model, RunError
+from tests.support import graphs
+from tests.support import local_build as lb
+
+pytestmark = pytest.mark.gpu
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    graph = graphs.mlp(hidden=64, ffn=128, dtype=DType.F16, name="replay")
+    built = lb.build_local(graph, "cuda:sm90", tmp_path_factory.mktemp("replay") / "a")
+    m = Model(built.dir)
+    yield graph, m
+    m.close()
+
+
+def _ref(graph, x: torch.Tensor) -> np.ndarray:
+    return next(iter(reference.run(graph, {"x": x.float().cpu().numpy()}).values()))
+
+
+def test_graph_replay_rereads_inputs_and_rewrites_outputs(model):
+    graph, m = model
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(16, 64, device="cuda", dtype=torch.float16, generator=gen)
+    y = torch.full((16, 64), float("nan"), device="cuda", dtype=torch.float16)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        for step in range(4):
+            # Same pointers every call: after the first (eager + capture), calls replay the graph.
+            x.copy_(torch.randn(16, 64, device="cuda", dtype=torch.float16, generator=gen))
+            y.fill_(float("nan"))
+            m.run({"x": x}, out={list(m.manifest.outputs)[0].name: y}, graph=True)
+            stream.synchronize()
+            err = lb.rel_err(y.float().cpu().numpy(), _ref(graph, x))
+            assert err < 1e-2, f"step {step}: rel err {err}"
+
+
+def test_graph_replay_distinguishes_batch_sizes(model):
+    graph, m = model
+    stream = torch.cuda.Stream()
+    name = m.manifest.outputs[0].name
+    with torch.cuda.stream(stream):
+        for batch in (3, 9, 3, 9):
+            x = torch.randn(batch, 64, device="cuda", dtype=torch.float16)
+            y = torch.empty(batch, 64, device="cuda", dtype=torch.float16)
+            m.run({"x": x}, out={name: y}, graph=True)
+            stream.synchronize()
+            assert lb.rel_err(y.float().cpu().numpy(), _ref(graph, x)) < 1e-2
+
+
+def test_graph_replay_refuses_the_default_stream_and_numpy(model):
+    _, m = model
+    x = torch.randn(4, 64, device="cuda", dtype=torch.float16)
+    with pytest.raises(RunError, match="stream"):
+        m.run({"x": x}, stream=0, graph=True)
+    with pytest.raises(RunError, match="device tensors"):
+        m.run({"x": x.cpu().numpy()}, graph=True)
+
+
+def test_dlpack_capsule_provider_is_zero_copy(model):
+    graph, m = model
+
+    class Foreign:
+        """An array type Kiln knows only through the DLPack protocol (as CuPy or JAX arrays)."""
+
+        def __init__(self, t):
+            self.t = t
+
+        def __dlpack__(self, **kwargs):
+            return self.t.__dlpack__(**kwargs)
+
+        def __dlpack_device__(self):
+            return self.t.__dlpack_device__()
+
+    x = torch.randn(5, 64, device="cuda", dtype=torch.float16)
+    out = m.run({"x": Foreign(x)})
+    y = next(iter(out.values()))
+    torch.cuda.synchronize()
+    assert lb.rel_err(y.float().cpu().numpy(), _ref(graph, x)) < 1e-2
