@@ -6,6 +6,7 @@ the planner counts each kernel once.
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import traceback
@@ -110,6 +111,11 @@ def register(app: Celery, settings: Settings) -> None:
                         return  # the profile worker sends this kernel back with its pick
                 else:
                     config = backend.default_config(kspec, tgt)
+            if _profile_only(jobs, job_id):
+                # Warming the profile database: the config is known and recorded; no object is needed.
+                report(job_id, kernel_id, {"fn": "", "object": "", "object_key": "", "config": config,
+                                           "profiled": profiled, "cached": False, "spec_key": kspec.key()})
+                return
             rk = build.render(backend, tgt, kspec, config)
             digest, cached = compiled_object(store, r, backend, tgt, rk, settings.task_hard_limit_s)
             report(job_id, kernel_id, {"fn": rk.fn, "object": digest, "object_key": rk.object_key, "config": config,
@@ -159,6 +165,11 @@ def register(app: Celery, settings: Settings) -> None:
             arena_bytes=plan.arena_bytes,
             profiled=all(results[c.kernel]["profiled"] for c in plan.calls))
         return store.put_bytes(manifest.dumps())
+
+
+def _profile_only(jobs: JobStore, job_id: str) -> bool:
+    job = jobs.get(job_id)
+    return bool(job and json.loads(job.options or "{}").get("profile_only"))
 
 
 def _workdir(settings: Settings) -> str:

@@ -51,12 +51,12 @@ class Client:
         return self.stub.PutBlob(chunks()).sha256
 
     # --- jobs ---------------------------------------------------------------
-    def submit(self, graph: Graph, target: str, *, profile: bool = False) -> farm_pb2.Job:
+    def submit(self, graph: Graph, target: str, *, profile: bool = False, profile_only: bool = False) -> farm_pb2.Job:
         for c in graph.constants:
             if c.data is not None and len(c.data) > INLINE_LIMIT:
                 self.put_blob(c.data)
         req = farm_pb2.SubmitCompileRequest(graph=graph_to_pb(graph), target=target,
-                                            options=farm_pb2.CompileOptions(profile=profile))
+                                            options=farm_pb2.CompileOptions(profile=profile, profile_only=profile_only))
         return self.stub.SubmitCompile(req).job
 
     def get(self, job_id: str) -> farm_pb2.Job:
@@ -90,9 +90,10 @@ class Client:
                 return job
         raise TimeoutError(f"job {job_id} did not finish in {timeout_s:.0f}s")
 
-    def compile(self, graph: Graph, target: str, *, profile: bool = False,
+    def compile(self, graph: Graph, target: str, *, profile: bool = False, profile_only: bool = False,
                 on_event: Callable[[farm_pb2.JobEvent], None] | None = None) -> farm_pb2.Job:
-        job = self.submit(graph, target, profile=profile)
+        """Submit and follow to the end. profile_only: profile every kernel, build no artifact."""
+        job = self.submit(graph, target, profile=profile, profile_only=profile_only)
         if job.state in TERMINAL:
             return job
         return self.wait(job.id, on_event)

@@ -73,6 +73,12 @@ def register(app: Celery, settings: Settings) -> None:
             return  # a redelivered report: already counted
         how = "cached object" if result.get("cached") else "compiled"
         jobs.emit(job_id, log=f"{kernel}: {how} {result['fn']} config={result['config']}")
+        if left == 0 and json.loads(job.options or "{}").get("profile_only"):
+            results = jobs.kernel_results(job_id)
+            profiled = sum(1 for res in results.values() if res.get("profiled"))
+            jobs.finish(job_id, SUCCEEDED, log=f"profiled: {profiled} of {len(results)} kernels have fleet timings "
+                                                 "(the rest have a single candidate or no profile worker online)")
+            return
         if left == 0:
             jobs.update(job_id, stage="linking")
             jobs.emit(job_id, log="linking libmodel.so")

@@ -25,43 +25,43 @@ _sym_db = _symbol_database.Default()
 from kiln.v1 import graph_pb2 as kiln_dot_v1_dot_graph__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12kiln/v1/farm.proto\x12\x07kiln.v1\x1a\x13kiln/v1/graph.proto\"5\n\x0e\x43ompileOptions\x12\x0f\n\x07profile\x18\x01 \x01(\x08\x12\x12\n\ncuda_graph\x18\x02 \x01(\x08\"o\n\x14SubmitCompileRequest\x12\x1d\n\x05graph\x18\x01 \x01(\x0b\x32\x0e.kiln.v1.Graph\x12\x0e\n\x06target\x18\x02 \x01(\t\x12(\n\x07options\x18\x03 \x01(\x0b\x32\x17.kiln.v1.CompileOptions\"\xda\x01\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12 \n\x05state\x18\x04 \x01(\x0e\x32\x11.kiln.v1.JobState\x12\r\n\x05stage\x18\x05 \x01(\t\x12\x0c\n\x04\x64one\x18\x06 \x01(\x05\x12\r\n\x05total\x18\x07 \x01(\x05\x12\x10\n\x08\x61rtifact\x18\x08 \x01(\t\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\n \x01(\x08\x12\x14\n\x0c\x63reated_unix\x18\x0b \x01(\x01\x12\x15\n\rfinished_unix\x18\x0c \x01(\x01\"2\n\x15SubmitCompileResponse\x12\x19\n\x03job\x18\x01 \x01(\x0b\x32\x0c.kiln.v1.Job\"0\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\t\"\x92\x01\n\x08JobEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x0c\n\x04\x64one\x18\x03 \x01(\x05\x12\r\n\x05total\x18\x04 \x01(\x05\x12\x0b\n\x03log\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12 \n\x05state\x18\x07 \x01(\x0e\x32\x11.kiln.v1.JobState\x12\x10\n\x08\x61rtifact\x18\x08 \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"%\n\x13StatArtifactRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"4\n\x14StatArtifactResponse\x12\x0e\n\x06\x65xists\x18\x01 \x01(\x08\x12\x0c\n\x04size\x18\x02 \x01(\x03\"$\n\x12GetArtifactRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"A\n\rArtifactChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\")\n\tBlobChunk\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"/\n\x0fPutBlobResponse\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03*h\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05\x32\xcf\x03\n\x0e\x43ompileService\x12N\n\rSubmitCompile\x12\x1d.kiln.v1.SubmitCompileRequest\x1a\x1e.kiln.v1.SubmitCompileResponse\x12\x39\n\x08WatchJob\x12\x18.kiln.v1.WatchJobRequest\x1a\x11.kiln.v1.JobEvent0\x01\x12.\n\x06GetJob\x12\x16.kiln.v1.GetJobRequest\x1a\x0c.kiln.v1.Job\x12\x34\n\tCancelJob\x12\x19.kiln.v1.CancelJobRequest\x1a\x0c.kiln.v1.Job\x12K\n\x0cStatArtifact\x12\x1c.kiln.v1.StatArtifactRequest\x1a\x1d.kiln.v1.StatArtifactResponse\x12\x44\n\x0bGetArtifact\x12\x1b.kiln.v1.GetArtifactRequest\x1a\x16.kiln.v1.ArtifactChunk0\x01\x12\x39\n\x07PutBlob\x12\x12.kiln.v1.BlobChunk\x1a\x18.kiln.v1.PutBlobResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12kiln/v1/farm.proto\x12\x07kiln.v1\x1a\x13kiln/v1/graph.proto\"K\n\x0e\x43ompileOptions\x12\x0f\n\x07profile\x18\x01 \x01(\x08\x12\x12\n\ncuda_graph\x18\x02 \x01(\x08\x12\x14\n\x0cprofile_only\x18\x03 \x01(\x08\"o\n\x14SubmitCompileRequest\x12\x1d\n\x05graph\x18\x01 \x01(\x0b\x32\x0e.kiln.v1.Graph\x12\x0e\n\x06target\x18\x02 \x01(\t\x12(\n\x07options\x18\x03 \x01(\x0b\x32\x17.kiln.v1.CompileOptions\"\xda\x01\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12 \n\x05state\x18\x04 \x01(\x0e\x32\x11.kiln.v1.JobState\x12\r\n\x05stage\x18\x05 \x01(\t\x12\x0c\n\x04\x64one\x18\x06 \x01(\x05\x12\r\n\x05total\x18\x07 \x01(\x05\x12\x10\n\x08\x61rtifact\x18\x08 \x01(\t\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\n \x01(\x08\x12\x14\n\x0c\x63reated_unix\x18\x0b \x01(\x01\x12\x15\n\rfinished_unix\x18\x0c \x01(\x01\"2\n\x15SubmitCompileResponse\x12\x19\n\x03job\x18\x01 \x01(\x0b\x32\x0c.kiln.v1.Job\"0\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\t\"\x92\x01\n\x08JobEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x0c\n\x04\x64one\x18\x03 \x01(\x05\x12\r\n\x05total\x18\x04 \x01(\x05\x12\x0b\n\x03log\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12 \n\x05state\x18\x07 \x01(\x0e\x32\x11.kiln.v1.JobState\x12\x10\n\x08\x61rtifact\x18\x08 \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"%\n\x13StatArtifactRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"4\n\x14StatArtifactResponse\x12\x0e\n\x06\x65xists\x18\x01 \x01(\x08\x12\x0c\n\x04size\x18\x02 \x01(\x03\"$\n\x12GetArtifactRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"A\n\rArtifactChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\")\n\tBlobChunk\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"/\n\x0fPutBlobResponse\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03*h\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05\x32\xcf\x03\n\x0e\x43ompileService\x12N\n\rSubmitCompile\x12\x1d.kiln.v1.SubmitCompileRequest\x1a\x1e.kiln.v1.SubmitCompileResponse\x12\x39\n\x08WatchJob\x12\x18.kiln.v1.WatchJobRequest\x1a\x11.kiln.v1.JobEvent0\x01\x12.\n\x06GetJob\x12\x16.kiln.v1.GetJobRequest\x1a\x0c.kiln.v1.Job\x12\x34\n\tCancelJob\x12\x19.kiln.v1.CancelJobRequest\x1a\x0c.kiln.v1.Job\x12K\n\x0cStatArtifact\x12\x1c.kiln.v1.StatArtifactRequest\x1a\x1d.kiln.v1.StatArtifactResponse\x12\x44\n\x0bGetArtifact\x12\x1b.kiln.v1.GetArtifactRequest\x1a\x16.kiln.v1.ArtifactChunk0\x01\x12\x39\n\x07PutBlob\x12\x12.kiln.v1.BlobChunk\x1a\x18.kiln.v1.PutBlobResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kiln.v1.farm_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=1051
-  _globals['_JOBSTATE']._serialized_end=1155
+  _globals['_JOBSTATE']._serialized_start=1073
+  _globals['_JOBSTATE']._serialized_end=1177
   _globals['_COMPILEOPTIONS']._serialized_start=52
-  _globals['_COMPILEOPTIONS']._serialized_end=105
-  _globals['_SUBMITCOMPILEREQUEST']._serialized_start=107
-  _globals['_SUBMITCOMPILEREQUEST']._serialized_end=218
-  _globals['_JOB']._serialized_start=221
-  _globals['_JOB']._serialized_end=439
-  _globals['_SUBMITCOMPILERESPONSE']._serialized_start=441
-  _globals['_SUBMITCOMPILERESPONSE']._serialized_end=491
-  _globals['_WATCHJOBREQUEST']._serialized_start=493
-  _globals['_WATCHJOBREQUEST']._serialized_end=541
-  _globals['_JOBEVENT']._serialized_start=544
-  _globals['_JOBEVENT']._serialized_end=690
-  _globals['_GETJOBREQUEST']._serialized_start=692
-  _globals['_GETJOBREQUEST']._serialized_end=723
-  _globals['_CANCELJOBREQUEST']._serialized_start=725
-  _globals['_CANCELJOBREQUEST']._serialized_end=759
-  _globals['_STATARTIFACTREQUEST']._serialized_start=761
-  _globals['_STATARTIFACTREQUEST']._serialized_end=798
-  _globals['_STATARTIFACTRESPONSE']._serialized_start=800
-  _globals['_STATARTIFACTRESPONSE']._serialized_end=852
-  _globals['_GETARTIFACTREQUEST']._serialized_start=854
-  _globals['_GETARTIFACTREQUEST']._serialized_end=890
-  _globals['_ARTIFACTCHUNK']._serialized_start=892
-  _globals['_ARTIFACTCHUNK']._serialized_end=957
-  _globals['_BLOBCHUNK']._serialized_start=959
-  _globals['_BLOBCHUNK']._serialized_end=1000
-  _globals['_PUTBLOBRESPONSE']._serialized_start=1002
-  _globals['_PUTBLOBRESPONSE']._serialized_end=1049
-  _globals['_COMPILESERVICE']._serialized_start=1158
-  _globals['_COMPILESERVICE']._serialized_end=1621
+  _globals['_COMPILEOPTIONS']._serialized_end=127
+  _globals['_SUBMITCOMPILEREQUEST']._serialized_start=129
+  _globals['_SUBMITCOMPILEREQUEST']._serialized_end=240
+  _globals['_JOB']._serialized_start=243
+  _globals['_JOB']._serialized_end=461
+  _globals['_SUBMITCOMPILERESPONSE']._serialized_start=463
+  _globals['_SUBMITCOMPILERESPONSE']._serialized_end=513
+  _globals['_WATCHJOBREQUEST']._serialized_start=515
+  _globals['_WATCHJOBREQUEST']._serialized_end=563
+  _globals['_JOBEVENT']._serialized_start=566
+  _globals['_JOBEVENT']._serialized_end=712
+  _globals['_GETJOBREQUEST']._serialized_start=714
+  _globals['_GETJOBREQUEST']._serialized_end=745
+  _globals['_CANCELJOBREQUEST']._serialized_start=747
+  _globals['_CANCELJOBREQUEST']._serialized_end=781
+  _globals['_STATARTIFACTREQUEST']._serialized_start=783
+  _globals['_STATARTIFACTREQUEST']._serialized_end=820
+  _globals['_STATARTIFACTRESPONSE']._serialized_start=822
+  _globals['_STATARTIFACTRESPONSE']._serialized_end=874
+  _globals['_GETARTIFACTREQUEST']._serialized_start=876
+  _globals['_GETARTIFACTREQUEST']._serialized_end=912
+  _globals['_ARTIFACTCHUNK']._serialized_start=914
+  _globals['_ARTIFACTCHUNK']._serialized_end=979
+  _globals['_BLOBCHUNK']._serialized_start=981
+  _globals['_BLOBCHUNK']._serialized_end=1022
+  _globals['_PUTBLOBRESPONSE']._serialized_start=1024
+  _globals['_PUTBLOBRESPONSE']._serialized_end=1071
+  _globals['_COMPILESERVICE']._serialized_start=1180
+  _globals['_COMPILESERVICE']._serialized_end=1643
 # @@protoc_insertion_point(module_scope)

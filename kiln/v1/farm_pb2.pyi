@@ -23,12 +23,14 @@ FAILED: JobState
 CANCELLED: JobState
 
 class CompileOptions(_message.Message):
-    __slots__ = ("profile", "cuda_graph")
+    __slots__ = ("profile", "cuda_graph", "profile_only")
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     CUDA_GRAPH_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_ONLY_FIELD_NUMBER: _ClassVar[int]
     profile: bool
     cuda_graph: bool
-    def __init__(self, profile: _Optional[bool] = ..., cuda_graph: _Optional[bool] = ...) -> None: ...
+    profile_only: bool
+    def __init__(self, profile: _Optional[bool] = ..., cuda_graph: _Optional[bool] = ..., profile_only: _Optional[bool] = ...) -> None: ...
 
 class SubmitCompileRequest(_message.Message):
     __slots__ = ("graph", "target", "options")

@@ -233,3 +233,28 @@ def test_profiling_is_split_over_two_workers_and_remembered(farm: Farm, client: 
     job2 = client.compile(graph2, "cpu", profile=True)
     assert job2.state == farm_pb2.SUCCEEDED, job2.error
     assert farm.stats()["profiles_run"] - before == ran
+
+
+def test_profile_only_warms_the_database_without_an_artifact(farm: Farm, client: Client):
+    """`kiln profile run`: every kernel profiled, no artifact; a later compile profiles nothing."""
+    b = GraphBuilder("warm_only")
+    rng = np.random.default_rng(11)
+    x = b.input("x", (symbol("batch", 1, 64), 88))
+    from kiln import nn
+
+    h = x
+    for i, n in enumerate((92, 84)):
+        h = nn.Linear(f"w{i}", h.type.shape[-1], n, rng=rng)(h)
+    graph = b.build(h)
+    before = farm.stats().get("profiles_run", 0)
+    links_before = farm.stats().get("links", 0)
+    job = client.compile(graph, "cpu", profile_only=True)
+    assert job.state == farm_pb2.SUCCEEDED, job.error
+    assert job.artifact == "", "a profile-only job builds no artifact"
+    assert farm.stats()["profiles_run"] - before == 2 * 5
+    assert farm.stats().get("links", 0) == links_before, "a profile-only job links nothing"
+    events = [e.log for e in client.watch(job.id)]
+    assert any("profiled: 2 of 2 kernels" in e for e in events), events
+    compiled = client.compile(graph.replace(name="warm_then_compile"), "cpu", profile=True)
+    assert compiled.state == farm_pb2.SUCCEEDED and compiled.artifact
+    assert farm.stats()["profiles_run"] - before == 2 * 5, "the warmed database must answer every kernel"
