@@ -171,7 +171,8 @@ class Embedding(OpDef):
         table, idx = inputs
         if idx.size and (idx.min() < 0 or idx.max() >= table.shape[0]):
             raise IndexError(f"embedding index out of range 0..{table.shape[0] - 1}")
-        return [table[idx]]
+        # reference.run widens every non-constant input to float64; the values are whole numbers.
+        return [table[np.asarray(idx).astype(np.int64)]]
 
 
 @dataclass(frozen=True)
@@ -211,3 +212,36 @@ class Copy(OpDef):
 
     def reference(self, inputs: list[np.ndarray], attrs: object) -> list[np.ndarray]:
         return [inputs[0].copy()]
+
+
+@dataclass(frozen=True)
+class PadAttrs:
+    # (before, after) per axis, flattened: (b0, a0, b1, a1, ...); zeros fill the border.
+    pads: tuple[int, ...] = ()
+
+
+@register
+class Pad(OpDef):
+    """Zero padding (e.g. conv input channels up to the 16-byte alignment Tensor Core loads need)."""
+
+    kind = "pad"
+    Attrs = PadAttrs
+
+    def infer(self, inputs: list[TensorType], attrs: PadAttrs) -> list[TensorType]:
+        x = inputs[0]
+        if len(attrs.pads) != 2 * x.rank or any(p < 0 for p in attrs.pads):
+            raise ShapeError(f"pad: pads must be 2 non-negative ints per axis of {x}, got {list(attrs.pads)}")
+        dims: list[Dim] = []
+        for axis, d in enumerate(x.shape):
+            before, after = attrs.pads[2 * axis], attrs.pads[2 * axis + 1]
+            if isinstance(d, IntVar):
+                if before or after:
+                    raise ShapeError(f"pad: symbolic axis {axis} ({describe(d)}) cannot be padded")
+                dims.append(d)
+            else:
+                dims.append(d + before + after)
+        return [TensorType(x.dtype, tuple(dims))]
+
+    def reference(self, inputs: list[np.ndarray], attrs: PadAttrs) -> list[np.ndarray]:
+        widths = [(attrs.pads[2 * a], attrs.pads[2 * a + 1]) for a in range(inputs[0].ndim)]
+        return [np.pad(inputs[0], widths)]
