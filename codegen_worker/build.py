@@ -77,11 +77,28 @@ def pack_constants(blobs: list[bytes]) -> tuple[bytes, list[int]]:
     return bytes(out), offsets
 
 
+# Weights above this go to weights.bin beside libmodel.so instead of into it:
+# a linker handles a few hundred MB of .incbin poorly, and the loader reads a
+# side file straight into device memory.
+SIDE_FILE_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class Linked:
+    lib: Path
+    weights: Path | None  # the side file, when the weights are not embedded
+    log: str
+
+
 def link(backend: Backend, target: Target, plan: ExecutionPlan, fns: dict[str, str], objects: list[bytes],
-         constants: list[bytes], workdir: Path) -> tuple[Path, str]:
+         constants: list[bytes], workdir: Path) -> Linked:
     """Build libmodel.so in workdir from kernel objects, the runtime and constants."""
     blob, offsets = pack_constants(constants)
-    (workdir / "constants.bin").write_bytes(blob)
+    side = len(blob) > SIDE_FILE_BYTES
+    weights = workdir / "weights.bin" if side else None
+    if weights:
+        weights.write_bytes(blob)
+    (workdir / "constants.bin").write_bytes(b"" if side else blob)
     paths = []
     for i, data in enumerate(objects):
         p = workdir / f"kernel{i}.o"
@@ -90,13 +107,13 @@ def link(backend: Backend, target: Target, plan: ExecutionPlan, fns: dict[str, s
     asm = workdir / "constants.S"
     asm.write_text(backend.render_constants_asm(str(workdir / "constants.bin")))
     logs = [run_compiler("assembling constants", ["gcc", "-c", str(asm), "-o", str(workdir / "constants.o")], None)]
-    model_src = backend.render_model(plan, fns, offsets, len(blob))
+    model_src = backend.render_model(plan, fns, offsets, len(blob), side_file=side)
     _, log = compile_source(backend, target, model_src, workdir, "model")
     logs.append(log)
     lib = workdir / "libmodel.so"
     logs.append(run_compiler("linking libmodel.so", backend.link_cmd(
         target, [workdir / "model.o", *paths, workdir / "constants.o"], lib), backend.compiler_env()))
-    return lib, "".join(logs)
+    return Linked(lib, weights, "".join(logs))
 
 
 def profile_dims(spec: KernelSpec) -> list[int]:

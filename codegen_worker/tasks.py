@@ -148,9 +148,10 @@ def register(app: Celery, settings: Settings) -> None:
         unique = sorted({(v["fn"], v["object"]) for v in results.values()})
         objects = [store.get_bytes(obj) for _, obj in unique]
         with tempfile.TemporaryDirectory(prefix="kiln-link-", dir=_workdir(settings)) as tmp:
-            lib, _log = build.link(backend, tgt, plan, fns, objects, constants, Path(tmp))
-            lib_digest = store.put_file(lib)
-            size = lib.stat().st_size
+            linked = build.link(backend, tgt, plan, fns, objects, constants, Path(tmp))
+            files = [FileEntry("libmodel.so", store.put_file(linked.lib), linked.lib.stat().st_size)]
+            if linked.weights:
+                files.append(FileEntry("weights.bin", store.put_file(linked.weights), linked.weights.stat().st_size))
         farm.count(r, "links")
         symbols_types = {t.name: type_from_pb(t.type) for t in graph.inputs}
         manifest = Manifest(
@@ -158,7 +159,7 @@ def register(app: Celery, settings: Settings) -> None:
             compiler_version=compiler_version(), toolchain=backend.toolchain_version(),
             inputs=tuple(TensorSig(b.name, b.type.dtype, symbols_types[b.name].shape) for b in plan.of_kind("input")),
             outputs=tuple(TensorSig(b.name, b.type.dtype, b.type.shape) for b in plan.of_kind("output")),
-            symbols=plan.symbols, files=(FileEntry("libmodel.so", lib_digest, size),),
+            symbols=plan.symbols, files=tuple(files),
             kernels=tuple(KernelEntry(c.kernel, c.source_ops, results[c.kernel]["spec_key"], results[c.kernel]["fn"],
                                       results[c.kernel]["object"], results[c.kernel]["config"],
                                       results[c.kernel]["profiled"]) for c in plan.calls),

@@ -39,8 +39,12 @@ class Model:
                                             ctypes.c_void_p]
         self.lib.kiln_model_destroy.argtypes = [ctypes.c_void_p]
         handle = ctypes.c_void_p()
-        if self.lib.kiln_model_create(ctypes.byref(handle)) != 0:
-            raise RunError("kiln_model_create failed (out of memory, or no usable device)")
+        if any(f.path == "weights.bin" for f in self.manifest.files):
+            rc = self.lib.kiln_model_create_from(ctypes.byref(handle), str(self.dir / "weights.bin").encode())
+        else:
+            rc = self.lib.kiln_model_create(ctypes.byref(handle))
+        if rc != 0:
+            raise RunError(f"model creation failed ({rc}): out of memory, no usable device, or unreadable weights")
         self.handle = handle
         if self.family != "cpu":
             for name in ("kiln_device_malloc", "kiln_memcpy_h2d", "kiln_memcpy_d2h", "kiln_memset"):

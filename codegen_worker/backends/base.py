@@ -142,7 +142,7 @@ class Backend:
         return ctx
 
     def render_model(self, plan: ExecutionPlan, fns: dict[str, str], const_offsets: list[int],
-                     const_bytes: int) -> str:
+                     const_bytes: int, side_file: bool = False) -> str:
         sym_names = [f"sym{i}" for i in range(len(plan.symbols))]
         sym_index = {s.name: sym_names[i] for i, s in enumerate(plan.symbols)}
         calls = []
@@ -160,7 +160,7 @@ class Backend:
                           "label": clabel("+".join(call.source_ops))})
         return template_env().get_template("common/model.j2").render(
             b=self, plan=plan, kernel_fns=sorted(set(fns.values())), calls=calls, sym_names=sym_names,
-            const_offsets=const_offsets, const_bytes=const_bytes)
+            const_offsets=const_offsets, const_bytes=const_bytes, side_file=side_file)
 
     def render_profiler(self, spec: KernelSpec, fns: list[str], dims: list[int]) -> str:
         values = dict(zip((s.name for s in spec.symbols), dims, strict=True))
@@ -187,13 +187,15 @@ class Backend:
 
 # GPU ops whose only tuning knob is the threads per block.
 GPU_BLOCK_OPS = ("conv2d", "pool2d", "reduce_sum", "reduce_mean", "reduce_max", "permute", "slice", "concat",
-                 "embedding", "cast", "copy", "matmul")
+                 "embedding", "cast", "copy", "matmul", "pad")
 
 
 class GpuBackend(Backend):
     """cuda and rocm render the same gpu templates, so the same limits bound their configs."""
 
     def fits(self, spec: KernelSpec, target: Target, config: dict[str, Any]) -> bool:
+        if spec.op == "attention":
+            return self._attention_fits(spec, target, config)
         if spec.op == "linear":
             # linear.j2 launches T x T threads, each staging one element of both tiles.
             tile = int(config["tile"])
@@ -203,6 +205,25 @@ class GpuBackend(Backend):
         # A partial warp idles lanes; the reductions also keep one slot per warp in shared[32].
         block = int(config["block"])
         return 0 < block <= target.max_threads_per_block and block % target.warp_size == 0
+
+    def _attention_fits(self, spec: KernelSpec, target: Target, config: dict[str, Any]) -> bool:
+        ctx = contexts.op_context(self, spec)
+        if not ctx["mma"]:
+            # The SIMT path has a fixed tile: every other config would compile the same kernel again.
+            return config == self.default_configs["attention"]
+        if "block_q" not in config or "block_k" not in config:
+            return False
+        bq, bk = int(config["block_q"]), int(config["block_k"])
+        return (bq > 0 and bk > 0 and bq % 16 == 0 and bk % 16 == 0 and (bq // 16) * 32 <= target.max_threads_per_block
+                and attention_mma_smem_bytes(ctx["D"], ctx["DV"], bq, bk) <= target.smem_per_block)
+
+
+def attention_mma_smem_bytes(d: int, dv: int, block_q: int, block_k: int) -> int:
+    """Static shared memory of gpu/attention.j2's tensor-core path: padded K/V
+    stages (two when they fit in 48 KiB, else one), the Q tile aliasing them."""
+    stage = block_k * (d + 8 + dv + 8)
+    stages = 2 if 2 * stage * 2 <= 48 * 1024 else 1
+    return 2 * max(block_q * (d + 8), stages * stage)
 
 
 def first_line(cmd: list[str], env: dict[str, str] | None = None, last: bool = False) -> str:

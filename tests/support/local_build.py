@@ -54,6 +54,9 @@ class LocalBuild:
     def ops(self) -> list[str]:
         return [c.spec.op for c in self.plan.calls]
 
+    def manifest(self) -> Manifest:
+        return Manifest.loads((self.dir / "manifest.json").read_bytes())
+
 
 def _config(backend: Backend, target: Target, spec: KernelSpec, configs: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
     if configs and spec.op in configs:
@@ -137,18 +140,21 @@ def build_local(graph: Graph, target_name: str, out_dir: str | Path, configs: di
             if not path.exists():
                 path.write_text(rk.source)
 
-    lib, link_log = build.link(backend, target, plan, fns, objects, [c.data for c in g2.constants], work)
-    logs.append(link_log)
-    final = out / "libmodel.so"
-    shutil.copyfile(lib, final)
-    data = final.read_bytes()
+    linked = build.link(backend, target, plan, fns, objects, [c.data for c in g2.constants], work)
+    logs.append(linked.log)
+    files = []
+    for name, path in (("libmodel.so", linked.lib), ("weights.bin", linked.weights)):
+        if path is not None:
+            shutil.copyfile(path, out / name)
+            data = (out / name).read_bytes()
+            files.append(FileEntry(name, hashlib.sha256(data).hexdigest(), len(data)))
     types = {t.name: t.type for t in graph.inputs}
     manifest = Manifest(
         format=FORMAT, graph=plan.graph_name, target=target_name, job_key="local",
         compiler_version=compiler_version(), toolchain=backend.toolchain_version(),
         inputs=tuple(TensorSig(b.name, b.type.dtype, types[b.name].shape) for b in plan.of_kind("input")),
         outputs=tuple(TensorSig(b.name, b.type.dtype, b.type.shape) for b in plan.of_kind("output")),
-        symbols=plan.symbols, files=(FileEntry("libmodel.so", hashlib.sha256(data).hexdigest(), len(data)),),
+        symbols=plan.symbols, files=tuple(files),
         kernels=tuple(KernelEntry(c.kernel, c.source_ops, c.spec.key(), fns[c.kernel],
                                   digests[fns[c.kernel]], used[c.kernel], False) for c in plan.calls),
         arena_bytes=plan.arena_bytes, profiled=False)
@@ -196,12 +202,14 @@ TOLERANCE = {"cpu": {DType.F32: 1e-5, DType.F16: 1e-2},
 
 
 def check_model(model: Any, graph: Graph, tol: float, sizes_list: Iterable[dict[str, int] | None] = (None,),
-                seed: int = 0) -> list[float]:
+                seed: int = 0, feeds_fn: Callable[..., dict[str, np.ndarray]] | None = None) -> list[float]:
     """Run `model` at each size assignment and compare every output with the
-    float64 reference; every element must be finite. Returns the errors."""
+    float64 reference; every element must be finite. Returns the errors.
+    feeds_fn(graph, seed=, sizes=) draws the inputs instead of feeds_for (e.g.
+    tests.support.op_cases.case_feeds, for indices and masks)."""
     errors = []
     for n, sizes in enumerate(sizes_list):
-        feeds = feeds_for(graph, seed=seed + n, sizes=sizes)
+        feeds = (feeds_fn or feeds_for)(graph, seed=seed + n, sizes=sizes)
         got = model.run(feeds)
         ref = reference.run(graph, feeds)
         assert set(got) == set(ref), f"outputs {sorted(got)} != reference outputs {sorted(ref)}"
