@@ -23,7 +23,8 @@ def run(graph: Graph, feeds: dict[str, np.ndarray], *, compute=np.float64, resol
     for t in graph.inputs:
         if t.name not in feeds:
             raise KeyError(f"missing input {t.name!r}")
-        values[t.name] = np.asarray(feeds[t.name]).astype(compute if t.type.dtype.is_float else None)
+        fed = np.asarray(feeds[t.name])
+        values[t.name] = fed.astype(compute) if t.type.dtype.is_float else fed  # indices stay integers
     for name, v in constant_values(graph, resolve).items():
         values[name] = v.astype(compute) if graph.constant_map()[name].type.dtype.is_float else v
     for op in graph.ops:

@@ -130,6 +130,15 @@ def _slice(b: Any, spec: KernelSpec) -> Context:
             "base": base, "numel_out": cexpr.numel_expr(out.shape)}
 
 
+@context_for("pad")
+def _pad(b: Any, spec: KernelSpec) -> Context:
+    """out[i] = in[sum_k (coord_k(i) - before_k) * in_strides[k]] when every coord lands inside, else 0."""
+    x, out = spec.inputs[0], spec.outputs[0]
+    return {"rank": out.rank, "out_dims": [cexpr.dim_expr(d) for d in out.shape],
+            "in_dims": [cexpr.dim_expr(d) for d in x.shape], "in_strides": strides(x.shape),
+            "before": [spec.attrs.pads[2 * k] for k in range(x.rank)], "numel_out": cexpr.numel_expr(out.shape)}
+
+
 @context_for("concat")
 def _concat(b: Any, spec: KernelSpec) -> Context:
     """Each input is [OUTER, inner_j]; the output is [OUTER, OUT_INNER] with input j at column offset_j."""
@@ -174,6 +183,14 @@ def _matmul(b: Any, spec: KernelSpec) -> Context:
             "K": cexpr.dim_expr(k), "a_off": batch_offset(a), "b_off": batch_offset(bb)}
 
 
+def attention_mma(api: str, dtype: DType, d: int, dv: int) -> bool:
+    """Whether gpu/attention.j2 takes its tensor-core (mma.sync m16n8k16) path:
+    CUDA, f16/bf16, both head dims multiples of 16 and at most 128 (the
+    per-thread register tiles grow with them); anything else runs the SIMT path."""
+    return (api == "cuda" and dtype in (DType.F16, DType.BF16) and d % 16 == 0 and dv % 16 == 0
+            and 0 < d <= 128 and 0 < dv <= 128)
+
+
 @context_for("attention")
 def _attention(b: Any, spec: KernelSpec) -> Context:
     """Element strides per (batch, head, position) of q, k, v and out, and each
@@ -207,7 +224,8 @@ def _attention(b: Any, spec: KernelSpec) -> Context:
                     "SK": cexpr.dim_expr(sk), "D": d, "DV": dv, "scale": repr(float(a.scale)),
                     "causal": a.causal, "has_mask": a.has_mask, "args": args,
                     "mask_arg": len(spec.inputs) - 1, "out_arg": len(spec.inputs),
-                    "q": q, "k": k, "v": v, "o": bhs(out)}
+                    "q": q, "k": k, "v": v, "o": bhs(out),
+                    "mma": attention_mma(getattr(b, "api", ""), out.dtype, d, dv)}
     if a.layout == "bs3hd":
         ctx["o"] = {"b": strides(out.shape)[0], "h": strides(out.shape)[2], "s": strides(out.shape)[1],
                     "base": "INT64_C(0)"}

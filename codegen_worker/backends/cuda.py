@@ -26,8 +26,10 @@ class CudaBackend(GpuBackend):
              DType.I32: "int32_t", DType.I64: "int64_t", DType.BOOL: "bool"}
     default_configs = {"fused_elementwise": {"block": 256}, "linear": {"tile": 16}, "layernorm": {"block": 256},
                        "softmax": {"block": 256},
-                       **{op: {"block": 256} for op in GPU_BLOCK_OPS}, "attention": {"block_q": 64}}
-    candidate_table = {"linear": [{"tile": 32}], "fused_elementwise": [{"block": 128}, {"block": 512}]}
+                       **{op: {"block": 256} for op in GPU_BLOCK_OPS}, "attention": {"block_q": 64, "block_k": 64}}
+    candidate_table = {"linear": [{"tile": 32}], "fused_elementwise": [{"block": 128}, {"block": 512}],
+                       "attention": [{"block_q": 128, "block_k": 64}, {"block_q": 64, "block_k": 32},
+                                     {"block_q": 128, "block_k": 32}, {"block_q": 64, "block_k": 128}]}
 
     @functools.cache  # noqa: B019
     def toolchain_version(self) -> str:

@@ -20,7 +20,7 @@ class RocmBackend(GpuBackend):
     types = {DType.F32: "float", DType.F16: "kiln_f16", DType.I32: "int32_t", DType.I64: "int64_t", DType.BOOL: "bool"}
     default_configs = {"fused_elementwise": {"block": 256}, "linear": {"tile": 16}, "layernorm": {"block": 256},
                        "softmax": {"block": 256},
-                       **{op: {"block": 256} for op in GPU_BLOCK_OPS}, "attention": {"block_q": 64}}
+                       **{op: {"block": 256} for op in GPU_BLOCK_OPS}, "attention": {"block_q": 64, "block_k": 64}}
 
     def compiler_env(self) -> dict[str, str]:
         # nvcc is on the same machines, and hipcc would pick the NVIDIA platform.

@@ -82,7 +82,9 @@ class Attention(OpDef):
             # Aligned to the end, as PyTorch's is_causal with sq == sk.
             allowed = np.tril(np.ones((sq, sk), dtype=bool), k=sk - sq)
             s = np.where(allowed, s, -np.inf)
-        s = s - s.max(axis=-1, keepdims=True)
-        p = np.exp(s)
-        out = (p / p.sum(axis=-1, keepdims=True)) @ v
+        # A row that sees no key (causal with sq > sk, or a mask of -inf) is defined as zeros, not NaN.
+        top = s.max(axis=-1, keepdims=True)
+        p = np.exp(s - np.where(np.isfinite(top), top, 0.0))
+        total = p.sum(axis=-1, keepdims=True)
+        out = (p / np.where(total > 0, total, 1.0)) @ v
         return [np.swapaxes(out, 1, 2).copy() if attrs.layout == "bshd" else out]

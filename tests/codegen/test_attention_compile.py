@@ -1,0 +1,149 @@
+"""gpu/attention.j2 renders and compiles for cuda:sm90, cuda:sm80 and rocm:gfx90a.
+
+Nothing runs here (no GPU): tests/gpu/test_attention_gpu.py runs the kernels
+on a device. Each target's kernels go into one translation unit (one nvcc or
+hipcc run). `add_attention` is shared with the GPU test.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from codegen_worker.backends import get_backend
+from codegen_worker.backends.base import attention_mma_smem_bytes
+from kiln.builder import GraphBuilder, Value
+from kiln.dtypes import DType
+from kiln.ir import Dim, IntVar
+from kiln.ops import AttentionAttrs
+from kiln.plan import KernelSpec
+from kiln.targets import get_target
+from planner_svc.lower import lower
+from planner_svc.pipeline import run_passes
+from tests.support import local_build as lb
+
+LAYOUTS = ("bhsd", "bshd", "bs3hd")
+HEADS = 2
+
+
+def mask_shape(kind: str, batch: Dim, sq: int, sk: int) -> tuple[Dim, ...]:
+    """Additive mask shapes: a key-padding mask, a full one, one shared by the
+    batch, and one broadcast along the keys (a stride-0 key axis)."""
+    return {"b11k": (batch, 1, 1, sk), "bhqk": (batch, HEADS, sq, sk), "qk": (sq, sk),
+            "1hq1": (1, HEADS, sq, 1)}[kind]
+
+
+def add_attention(b: GraphBuilder, dtype: DType, layout: str, *, d: int, sq: int, sk: int, batch: Dim,
+                  mask: str | None = None, causal: bool = False, dv: int | None = None, p: str = "") -> Value:
+    """One attention op on fresh inputs named p + q/k/v/qkv/mask; scale 1/sqrt(d)."""
+    dv = d if dv is None else dv
+    if layout == "bs3hd":
+        assert sq == sk and dv == d, "a packed qkv has one length and one head dim"
+        ins = [b.input(f"{p}qkv", (batch, sq, 3, HEADS, d), dtype)]
+    else:
+        def shape(s: int, width: int) -> tuple[Dim, ...]:
+            return (batch, HEADS, s, width) if layout == "bhsd" else (batch, s, HEADS, width)
+        ins = [b.input(f"{p}q", shape(sq, d), dtype), b.input(f"{p}k", shape(sk, d), dtype),
+               b.input(f"{p}v", shape(sk, dv), dtype)]
+    if mask is not None:
+        ins.append(b.input(f"{p}mask", mask_shape(mask, batch, sq, sk), dtype))
+    return b.op("attention", ins, AttentionAttrs(d ** -0.5, causal, mask is not None, layout), name=f"{p}attn")
+
+
+def case_name(dtype: DType, layout: str, d: int, mask: str | None, causal: bool) -> str:
+    return f"{dtype.value}_{layout}_d{d}_{mask or 'nomask'}_{'causal' if causal else 'full'}_"
+
+
+def coverage_graph(dtypes: list[DType]):
+    """Per dtype, layout and head dim (64: tensor cores where the target has
+    them; 40: SIMT everywhere) one op with a padding mask and causal on, and
+    a plain one for bshd, which is what BERT runs."""
+    batch = IntVar("batch", 1, 64)
+    adds = []
+    for dt in dtypes:
+        for layout in LAYOUTS:
+            for d in (64, 40):
+                sq, sk = (77, 77) if layout == "bs3hd" else (77, 50)
+                adds.append(lambda b, dt=dt, layout=layout, d=d, sq=sq, sk=sk: add_attention(
+                    b, dt, layout, d=d, sq=sq, sk=sk, batch=batch, mask="b11k", causal=True,
+                    p=case_name(dt, layout, d, "b11k", True)))
+        adds.append(lambda b, dt=dt: add_attention(b, dt, "bshd", d=64, sq=384, sk=384, batch=batch,
+                                                   p=case_name(dt, "bshd", 64, None, False)))
+    return lb.graph("attention_compile", *adds)
+
+
+TARGETS = {
+    "cuda:sm90": ("nvcc", [DType.F16, DType.BF16, DType.F32]),
+    "cuda:sm80": ("nvcc", [DType.F16, DType.BF16, DType.F32]),
+    "rocm:gfx90a": ("hipcc", [DType.F16, DType.F32]),
+}
+
+
+def _need(tool: str) -> None:
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} is not installed")
+
+
+@pytest.mark.parametrize("target_name", list(TARGETS))
+def test_attention_compiles_in_one_translation_unit(tmp_path, target_name):
+    tool, dtypes = TARGETS[target_name]
+    _need(tool)
+    graph = coverage_graph(dtypes)
+    built = lb.build_local(graph, target_name, tmp_path / "a", single_tu=True)
+    calls = built.plan.calls
+    assert {c.spec.op for c in calls} == {"attention"} and len(calls) == len(dtypes) * (len(LAYOUTS) * 2 + 1)
+    source = (built.dir / "build" / f"kernels{get_backend(get_target(target_name).family).source_suffix}").read_text()
+    mma_kernels = source.count("// ---- tensor-core path")
+    simt_kernels = source.count("// ---- SIMT path")
+    expect_mma = sum(1 for c in calls if c.spec.inputs[0].dtype in (DType.F16, DType.BF16)
+                     and c.spec.inputs[0].shape[-1] == 64) if tool == "nvcc" else 0
+    assert (mma_kernels, simt_kernels) == (expect_mma, len(calls) - expect_mma)
+    if tool == "nvcc":
+        assert "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" in source
+        assert "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32" in source
+    assert (built.dir / "libmodel.so").stat().st_size > 0
+    if target_name == "cuda:sm90" and shutil.which("cuobjdump"):
+        sass = subprocess.run(["cuobjdump", "-sass", str(built.dir / "libmodel.so")], capture_output=True,
+                              text=True).stdout
+        assert "HMMA.16816.F32" in sass, "the tensor-core path compiled to no HMMA"
+
+
+def _spec(target_name: str, dtype: DType, d: int, dv: int | None = None) -> KernelSpec:
+    graph = lb.graph("one", lambda b: add_attention(b, dtype, "bhsd", d=d, sq=33, sk=33, batch=IntVar("batch", 1, 4),
+                                                    dv=dv, mask="b11k"))
+    return lower(run_passes(graph)[0], target_name).calls[0].spec
+
+
+@pytest.mark.parametrize("d", [64, 128])
+def test_mma_candidates_fit_the_smem_limit(d):
+    target = get_target("cuda:sm90")
+    backend = get_backend("cuda")
+    spec = _spec("cuda:sm90", DType.F16, d)
+    cands = backend.candidate_configs(spec, target)
+    assert cands[0] == backend.default_config(spec, target) and len(cands) >= 3
+    for c in cands:
+        assert attention_mma_smem_bytes(d, d, c["block_q"], c["block_k"]) <= target.smem_per_block
+    # 128-query blocks of 128-wide heads with 128-key blocks would need 2 x 69,632 bytes: never offered.
+    assert not backend.fits(spec, target, {"block_q": 64, "block_k": 256})
+    assert not backend.fits(spec, target, {"block_q": 40, "block_k": 64})
+
+
+@pytest.mark.parametrize("target_name,dtype,d", [("cuda:sm90", DType.F32, 64), ("cuda:sm90", DType.F16, 40),
+                                                 ("cuda:sm90", DType.F16, 256), ("rocm:gfx90a", DType.F16, 64)])
+def test_simt_path_offers_only_its_one_config(target_name, dtype, d):
+    target = get_target(target_name)
+    backend = get_backend(target.family)
+    spec = _spec(target_name, dtype, d)
+    assert backend.candidate_configs(spec, target) == [backend.default_config(spec, target)]
+
+
+def test_head_dims_pick_the_path():
+    backend = get_backend("cuda")
+    target = get_target("cuda:sm90")
+    for d, dv, mma in ((64, 64, True), (16, 128, True), (48, 32, True), (40, 40, False), (64, 40, False),
+                       (144, 144, False), (8, 8, False)):
+        spec = _spec("cuda:sm90", DType.BF16, d, dv)
+        src = backend.render_kernel(spec, backend.default_config(spec, target), "kiln_k_probe")
+        assert ("// ---- tensor-core path" in src) == mma, (d, dv)
+        assert ("// ---- SIMT path" in src) != mma, (d, dv)
