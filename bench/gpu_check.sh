@@ -1,23 +1,41 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one call on the device machine:
-#   1. the farm-built cuda:sm90 artifact of examples/mlp.py (fetched by hash into
-#      .gpu/mlp_sm90 on the CPU machine) runs and matches the float64 reference;
-#   2. pytest -m gpu: every CUDA kernel kind against the reference, the torch
-#      path, and the cuda.sm90 profiler runner (no broker needed).
-# Results land in $OUT (the device tool brings them back).
+# Everything that needs a GPU, run on the device machine (H100/H200) in stages,
+# each one device-tool call (a call may run 10 minutes):
+#   bash bench/gpu_check.sh tests    pytest -m gpu (every kernel kind, attention,
+#                                    CUTLASS GEMM/conv, runtime graph replay) + the
+#                                    farm-built artifact in .gpu/ if carried
+#   bash bench/gpu_check.sh attention   bench/attention_sm90.py
+#   bash bench/gpu_check.sh models      bench/models.py (ResNet-50, BERT-base)
+#   bash bench/gpu_check.sh gemm        bench/gemm_sm90.py
+# CUTLASS headers: carry .cutlass (a copy of the nvidia-cutlass wheel's source/).
+# Results land in $OUT (the device tool brings them back): logs and JSON.
 set -uo pipefail
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+[ -d .cutlass/include ] && export KILN_CUTLASS_DIR="$PWD/.cutlass"
 OUT="${OUT:-bench/results/gpu}"
 mkdir -p "$OUT"
 status=0
-nvidia-smi -L | tee "$OUT/device.txt"
-git_rev="$(cat .gpu/REVISION 2>/dev/null || echo unknown)"
-echo "commit $git_rev, $(date -u +%FT%TZ)" | tee -a "$OUT/device.txt"
-if [ -d .gpu/mlp_sm90 ]; then
-  python3 bench/check_artifact.py --dir .gpu/mlp_sm90 --model examples/mlp.py --json "$OUT/mlp_sm90.json" \
-    2>&1 | tee "$OUT/mlp_sm90.log" || status=1
-fi
-timeout 340 python3 -m pytest -q -s -m gpu tests/gpu -p no:cacheprovider 2>&1 | tee "$OUT/pytest_gpu.log" || status=1
-# 3. the CUTLASS sm90 GEMM against PyTorch on BERT-base layer shapes (a benchmark, not a test).
-timeout 190 python3 bench/gemm_sm90.py --compile --out "$OUT/gemm_sm90.json" 2>&1 | tee "$OUT/gemm_sm90.log" || status=1
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; nvcc --version | tail -1;
+  echo "commit $(cat .gpu/REVISION 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u +%FT%TZ)"; } \
+  | tee -a "$OUT/device.txt"
+for stage in "${@:-tests}"; do
+  case "$stage" in
+    tests)
+      if [ -d .gpu/mlp_sm90 ]; then
+        python3 bench/check_artifact.py --dir .gpu/mlp_sm90 --model examples/mlp.py --json "$OUT/mlp_sm90.json" \
+          2>&1 | tee "$OUT/mlp_sm90.log" || status=1
+      fi
+      timeout "${TESTS_TIMEOUT:-500}" python3 -m pytest -q -rf -m gpu ${TESTS:-tests/gpu} -p no:cacheprovider 2>&1 \
+        | tee "$OUT/pytest_gpu.log" || status=1 ;;
+    attention)
+      timeout 400 python3 bench/attention_sm90.py ${ATTN_ARGS:-} --out "$OUT/attention_sm90.json" 2>&1 \
+        | tee "$OUT/attention_sm90.log" || status=1 ;;
+    models)
+      timeout "${MODELS_TIMEOUT:-560}" python3 bench/models.py ${MODELS_ARGS:-} --out "$OUT/models.json" 2>&1 \
+        | tee "$OUT/models.log" || status=1 ;;
+    gemm)
+      timeout 300 python3 bench/gemm_sm90.py --compile --out "$OUT/gemm_sm90.json" 2>&1 | tee "$OUT/gemm_sm90.log" || status=1 ;;
+    *) echo "unknown stage $stage"; status=2 ;;
+  esac
+done
 exit $status

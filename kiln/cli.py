@@ -14,6 +14,7 @@ import numpy as np
 from kiln import cluster
 
 if TYPE_CHECKING:
+    from kiln.ir import Graph
     from kiln.profiledb import ProfileDB
 
 
@@ -45,12 +46,26 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dim_range(text: str) -> tuple[str, tuple[int, int]]:
+    name, sep, span = text.partition("=")
+    lo, sep2, hi = span.partition(":")
+    if not (sep and sep2 and name and lo.isdigit() and hi.isdigit()):
+        raise argparse.ArgumentTypeError(f"--dim {text!r}: expected NAME=MIN:MAX, e.g. batch=1:32")
+    return name, (int(lo), int(hi))
+
+
+def _load_model(args: argparse.Namespace) -> Graph:
+    """A Python file with build(), an .onnx file or a .pt2 (torch.export.save) program."""
+    from kiln.importers import load_model_file
+
+    return load_model_file(args.model, dims=dict(args.dim or ()))
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     from kiln.client import Client
-    from kiln.loader import load_model
     from kiln.v1 import farm_pb2
 
-    graph = load_model(args.model)
+    graph = _load_model(args)
     t0 = time.monotonic()
     interactive = sys.stdout.isatty() and not args.json
 
@@ -116,18 +131,18 @@ def cmd_job(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from kiln.loader import load_model
     from planner_svc.lower import lower
     from planner_svc.pipeline import run_passes
 
-    graph = load_model(args.model)
+    graph = _load_model(args)
     optimized, records = run_passes(graph)
     plan = lower(optimized, args.target)
     if args.explain:
-        for rec in records:
-            print(f"pass {rec.name:20s} {rec.ops_before:4d} -> {rec.ops_after:4d} ops   ({rec.why})")
-            for name in rec.added:
-                print(f"    + {name}")
+        from planner_svc.pipeline import explain_lines
+
+        unfused = lower(graph, args.target)  # one buffer per op output: what the plan is measured against
+        print("\n".join(explain_lines(graph, records, plan, unfused)))
+        return 0
     print(f"{len(graph.ops)} ops -> {len(plan.calls)} kernels; arena {plan.arena_bytes} bytes "
           f"(activations total {plan.activation_bytes_total})")
     for call in plan.calls:
@@ -221,8 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--port", type=int, default=None, help="frontend port (default: a free one)")
     c.set_defaults(fn=cmd_cluster)
 
+    model_help = "a Python file with build(), an .onnx model or a .pt2 torch.export program"
+    dim_help = "range of a symbolic dim of an .onnx MODEL, NAME=MIN:MAX (repeatable)"
     c = sub.add_parser("compile", help="compile MODEL on the farm")
-    c.add_argument("model")
+    c.add_argument("model", help=model_help)
+    c.add_argument("--dim", action="append", type=_dim_range, metavar="NAME=MIN:MAX", help=dim_help)
     c.add_argument("--target", required=True, help="cpu, cuda:sm90, cuda:sm80, rocm:gfx90a")
     c.add_argument("--server", default=None)
     c.add_argument("--json", action="store_true", help="last line of stdout is one JSON object")
@@ -249,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     c.set_defaults(fn=cmd_job)
 
     c = sub.add_parser("plan", help="run the planner's passes locally and list the kernels")
-    c.add_argument("model")
+    c.add_argument("model", help=model_help)
+    c.add_argument("--dim", action="append", type=_dim_range, metavar="NAME=MIN:MAX", help=dim_help)
     c.add_argument("--target", default="cpu")
     c.add_argument("--explain", action="store_true")
     c.set_defaults(fn=cmd_plan)

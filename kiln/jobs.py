@@ -36,6 +36,7 @@ class Job:
     graph: str = ""      # digest of the submitted graph in the artifact store
     plan: str = ""       # digest of the ExecutionPlan
     options: str = "{}"  # JSON
+    optimized: str = ""  # digest of the graph after the planner's passes (what the link reads constants from)
 
     @staticmethod
     def from_hash(h: dict[str, str]) -> Job:
@@ -43,7 +44,7 @@ class Job:
             id=h["id"], key=h["key"], target=h["target"], state=h["state"], stage=h["stage"], done=int(h["done"]),
             total=int(h["total"]), artifact=h["artifact"], error=h["error"], cached=h["cached"] == "1",
             created=float(h["created"]), finished=float(h["finished"]), graph=h["graph"], plan=h["plan"],
-            options=h["options"])
+            options=h["options"], optimized=h.get("optimized", ""))
 
     def to_hash(self) -> dict[str, str]:
         return {k: _encode(v) for k, v in asdict(self).items()}

@@ -10,12 +10,15 @@ import traceback
 
 from celery import Celery
 
+from artifacts import BlobStore
 from kiln import farm
 from kiln.config import Settings
+from kiln.ir import Constant, Graph
 from kiln.jobs import FAILED, RUNNING, SUCCEEDED, JobStore
 from kiln.targets import get_target
 from kiln.v1 import graph_pb2
 from kiln.validate import graph_from_pb
+from kiln.wire import graph_to_pb
 from planner_svc.lower import lower
 from planner_svc.pipeline import run_passes
 
@@ -34,14 +37,15 @@ def register(app: Celery, settings: Settings) -> None:
         try:
             jobs.update(job_id, state=RUNNING, stage="planning")
             jobs.emit(job_id, log="planning")
-            graph = graph_from_pb(graph_pb2.Graph.FromString(store.get_bytes(job.graph)))
+            graph = _with_constant_data(graph_from_pb(graph_pb2.Graph.FromString(store.get_bytes(job.graph))), store)
             optimized, records = run_passes(graph)
+            optimized_digest = _store_graph(optimized, store)
             for rec in records:
                 if rec.ops_before != rec.ops_after or rec.added:
                     jobs.emit(job_id, log=f"pass {rec.name}: {rec.ops_before} -> {rec.ops_after} ops {list(rec.added)}")
             execution = lower(optimized, job.target)
             digest = store.put_bytes(execution.dumps())
-            jobs.update(job_id, plan=digest, stage="compiling")
+            jobs.update(job_id, plan=digest, optimized=optimized_digest, stage="compiling")
             jobs.set_pending(job_id, [c.kernel for c in execution.calls])
             jobs.emit(job_id, log=f"planned {len(execution.calls)} kernels from {len(graph.ops)} ops; "
                                   f"activation arena {execution.arena_bytes} bytes "
@@ -83,3 +87,18 @@ def register(app: Celery, settings: Settings) -> None:
             jobs.update(job_id, stage="linking")
             jobs.emit(job_id, log="linking libmodel.so")
             app.send_task(farm.TASK_LINK, args=[job_id], queue=get_target(job.target).codegen_queue)
+
+
+def _with_constant_data(graph: Graph, store: BlobStore) -> Graph:
+    """Constants uploaded by digest get their bytes: passes fold weights (batch norm, QKV)."""
+    return graph.replace(constants=tuple(
+        c if c.data is not None else Constant(c.name, c.type, c.sha256, store.get_bytes(c.sha256))
+        for c in graph.constants))
+
+
+def _store_graph(graph: Graph, store: BlobStore) -> str:
+    """The optimized graph with every constant by digest (stored once each): the link reads it."""
+    for c in graph.constants:
+        if not store.has(c.sha256):
+            store.put_bytes(c.data)
+    return store.put_bytes(graph_to_pb(graph, inline_limit=0).SerializeToString(deterministic=True))

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from kiln.dtypes import from_storage, storage_dtype, to_storage
+from kiln.dtypes import DType, from_storage, storage_dtype, to_storage
 from kiln.ir import Constant, Graph, Op, TensorType
 from kiln.ops import PadAttrs
 from kiln.shapes import infer_types
 
 ALIGN = 8
+TENSOR_CORE_DTYPES = (DType.F16, DType.BF16)  # fp32 convs stay on SIMT kernels: padding would only cost
 
 
 def _padded_weight(c: Constant, channels: int) -> Constant:
@@ -37,8 +38,8 @@ def align_conv_channels(graph: Graph) -> Graph:
         cin = types[op.inputs[0]].shape[-1] if op.kind == "conv2d" else None
         w = consts.get(op.inputs[1]) if op.kind == "conv2d" else None
         if (cin is None or cin % ALIGN == 0 or op.attrs.groups != 1 or w is None or w.data is None
-                or cin > 4 * ALIGN):
-            ops.append(op)  # only thin inputs: padding a wide one would add real work
+                or cin > 4 * ALIGN or w.type.dtype not in TENSOR_CORE_DTYPES):
+            ops.append(op)  # only thin half-precision inputs: padding a wide one would add real work
             continue
         channels = -(-cin // ALIGN) * ALIGN
         rank = types[op.inputs[0]].rank

@@ -1,4 +1,4 @@
-"""Vertical fusion of a GEMM with the elementwise kernel that consumes it.
+"""Vertical fusion of a GEMM (linear or conv2d) with the elementwise kernel that consumes it.
 
 The elementwise program becomes the GEMM's epilogue, applied to the
 accumulator in registers, so the GEMM's output never goes to memory.
@@ -10,6 +10,9 @@ import dataclasses
 from kiln.ir import Graph, Op
 from kiln.ops import OPS, EwInstr
 from kiln.shapes import infer_types
+
+# Both take the same epilogue program: value 0 is the accumulator with its bias added.
+EPILOGUE_GEMMS = ("linear", "conv2d")
 
 
 def _absorb(gemm: Op, ew: Op) -> Op:
@@ -35,7 +38,7 @@ def fuse_gemm_epilogues(graph: Graph) -> Graph:
     replaced: dict[str, Op] = {}
     absorbed: set[str] = set()
     for op in graph.ops:
-        if op.kind != "linear" or op.attrs.epilogue:
+        if op.kind not in EPILOGUE_GEMMS or op.attrs.epilogue:
             continue
         out = op.outputs[0]
         consumers = users.get(out, [])
@@ -51,7 +54,7 @@ def fuse_gemm_epilogues(graph: Graph) -> Graph:
         extras_ready = all(n == out or n not in producers or position[producers[n].name] < position[op.name]
                            for n in ew.inputs)
         extras = {n for n in ew.inputs if n != out}
-        if not extras_ready or len(op.inputs) + len(extras) > OPS["linear"].max_inputs:
+        if not extras_ready or len(op.inputs) + len(extras) > OPS[op.kind].max_inputs:
             continue
         replaced[op.name] = _absorb(op, ew)
         absorbed.add(ew.name)

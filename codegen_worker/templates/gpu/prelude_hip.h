@@ -10,3 +10,10 @@ static __device__ __forceinline__ float kiln_load(const float* p, int64_t i) { r
 static __device__ __forceinline__ float kiln_load(const _Float16* p, int64_t i) { return (float)p[i]; }
 static __device__ __forceinline__ void kiln_store(float* p, int64_t i, float v) { p[i] = v; }
 static __device__ __forceinline__ void kiln_store(_Float16* p, int64_t i, float v) { p[i] = (_Float16)v; }
+// Index and mask dtypes widen to float only where an op computes with them (cast).
+static __device__ __forceinline__ float kiln_load(const int32_t* p, int64_t i) { return (float)p[i]; }
+static __device__ __forceinline__ float kiln_load(const int64_t* p, int64_t i) { return (float)p[i]; }
+static __device__ __forceinline__ float kiln_load(const bool* p, int64_t i) { return p[i] ? 1.0f : 0.0f; }
+// A device-to-device copy ordered on the stream (graph-capturable); 0 on success.
+#define KILN_MEMCPY_D2D(dst, src, nbytes, stream) \
+  (hipMemcpyAsync((dst), (src), (size_t)(nbytes), hipMemcpyDeviceToDevice, (stream)) == hipSuccess ? 0 : 1)

@@ -1,0 +1,216 @@
+"""Whole models: Kiln vs PyTorch eager vs torch.compile, same card, same run.
+
+Imports ResNet-50 and BERT-base (sequence 384) from their torch.nn definitions
+(tests/support/torch_models.py, random weights) with kiln.from_torch, builds
+each once for cuda:sm90 with a symbolic batch (tests/support/local_build: the
+farm's codegen without the farm, since the GPU machine has no Redis/Celery),
+checks it against a float64 NumPy reference on fresh random inputs, then times
+every batch size with CUDA events (warm-up, median). Kiln runs with CUDA-graph
+replay on preallocated outputs, as a serving loop would.
+
+    PYTHONPATH=. python3 bench/models.py --out bench/results/models.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import kiln
+from kiln import reference
+from kiln.ir import Graph, IntVar
+from kiln.runtime import Model
+from kiln.shapes import infer_types
+from tests.support import local_build as lb
+from tests.support import torch_models as tm
+
+BATCHES = {"resnet50": [1, 32, 128, 256], "bert_base": [1, 8, 32, 64], "vit_b16": [1, 32, 128]}
+SEQ = 384
+
+
+def timed(fn, reps: int = 30, warmup: int = 5) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def graph_flops(graph: Graph, sizes: dict[str, int]) -> float:
+    """Multiply-adds x 2 of the matrix ops: the work Tensor Cores must do."""
+    types = infer_types(graph)
+
+    def shape(name: str) -> list[int]:
+        return [sizes[d.name] if isinstance(d, IntVar) else d for d in types[name].shape]
+
+    total = 0.0
+    for op in graph.ops:
+        if op.kind == "linear":
+            x, w = shape(op.inputs[0]), shape(op.inputs[1])
+            total += 2 * math.prod(x[:-1]) * w[0] * w[1]
+        elif op.kind == "matmul":
+            out, a = shape(op.outputs[0]), shape(op.inputs[0])
+            total += 2 * math.prod(out) * a[-1]
+        elif op.kind == "conv2d":
+            out, w = shape(op.outputs[0]), shape(op.inputs[1])
+            total += 2 * math.prod(out) * w[1] * w[2] * w[3]
+        elif op.kind == "attention":
+            out = shape(op.outputs[0])
+            q = shape(op.inputs[0])
+            lay = op.attrs.layout
+            b, h, sq, dv = (out[0], out[2], out[1], out[3]) if lay != "bhsd" else tuple(out)
+            sk = q[1] if lay != "bhsd" else shape(op.inputs[1])[2]
+            d = q[-1]
+            total += 2 * b * h * sq * sk * (d + dv)
+    return total
+
+
+def make(name: str) -> tuple[torch.nn.Module, Any, Any]:
+    """(fp16 CUDA module, example-input factory, torch.export dynamic_shapes)."""
+    batch = torch.export.Dim("batch", min=1, max=max(BATCHES[name]))
+    if name == "resnet50":
+        model = tm.resnet50()
+
+        def inputs(n: int, seed: int = 0):
+            g = torch.Generator().manual_seed(seed)
+            return (torch.randn(n, 3, 224, 224, generator=g),)
+        return model, inputs, ({0: batch},)
+    if name == "vit_b16":
+        model = tm.vit_b16()
+
+        def inputs(n: int, seed: int = 0):
+            g = torch.Generator().manual_seed(seed)
+            return (torch.randn(n, 3, 224, 224, generator=g),)
+        return model, inputs, ({0: batch},)
+    model = tm.bert_base()
+
+    def inputs(n: int, seed: int = 0):
+        return tm.bert_inputs(n, SEQ, 30522, seed)
+    return model, inputs, ({0: batch}, {0: batch})
+
+
+def bench_model(name: str, args: argparse.Namespace, peak: float, workdir: Path) -> dict[str, Any]:
+    model32, inputs, dyn = make(name)
+    model16 = model32.half()
+    example = tuple(t.half() if t.is_floating_point() else t for t in inputs(2))
+    t0 = time.time()
+    graph = kiln.from_torch(model16, example, dynamic_shapes=dyn, name=name)
+    import_s = time.time() - t0
+    t0 = time.time()
+    built = lb.build_local(graph, "cuda:sm90", workdir / name, jobs=args.jobs)
+    build_s = time.time() - t0
+    kernels = [c.spec.op for c in built.plan.calls]
+    impls = {}
+    for c in built.plan.calls:
+        key = f"{c.spec.op}:{built.configs[c.kernel].get('impl', 'simt')}"
+        impls[key] = impls.get(key, 0) + 1
+    m = Model(built.dir)
+    result: dict[str, Any] = {"model": name, "import_s": round(import_s, 1), "build_s": round(build_s, 1),
+                              "kernels": len(kernels), "kernel_impls": impls,
+                              "arena_mib": built.plan.arena_bytes / 2**20,
+                              "activations_sum_mib": built.plan.activation_bytes_total / 2**20, "rows": []}
+    # Correctness on fresh inputs against float64 (small batch: NumPy float64 is slow).
+    check_batch = 2
+    feeds_t = tuple(t.half() if t.is_floating_point() else t for t in inputs(check_batch, seed=123))
+    names = [t.name for t in graph.inputs]
+    feeds_np = {n: t.float().numpy() if t.is_floating_point() else t.numpy() for n, t in zip(names, feeds_t, strict=True)}
+    ref = next(iter(reference.run(graph, feeds_np).values()))
+    got = m.run({n: t.cuda() for n, t in zip(names, feeds_t, strict=True)})
+    got = next(iter(got.values())).float().cpu().numpy()
+    with torch.no_grad():
+        torch_out = model16.cuda()(*(t.cuda() for t in feeds_t)).float().cpu().numpy()
+    result["rel_err_kiln_vs_fp64"] = lb.rel_err(got, ref)
+    result["rel_err_torch_fp16_vs_fp64"] = lb.rel_err(torch_out, ref)
+    print(f"{name}: import {import_s:.0f} s, build {build_s:.0f} s, {len(kernels)} kernels {impls}, "
+          f"rel err kiln {result['rel_err_kiln_vs_fp64']:.2e} torch-fp16 {result['rel_err_torch_fp16_vs_fp64']:.2e}",
+          flush=True)
+    model16 = model16.cuda()
+    if name == "resnet50":
+        model16 = model16.to(memory_format=torch.channels_last)
+    compiled = {mode: torch.compile(model16, mode=mode) for mode in args.compile_modes}
+    stream = torch.cuda.Stream()
+    out_name = m.manifest.outputs[0].name
+    for batch in BATCHES[name]:
+        xs = tuple(t.half().cuda() if t.is_floating_point() else t.cuda() for t in inputs(batch, seed=batch))
+        if name == "resnet50":
+            xs_torch = (xs[0].contiguous(memory_format=torch.channels_last),)
+        else:
+            xs_torch = xs
+        sizes = {"batch": batch}
+        feeds = dict(zip(names, xs, strict=True))
+        shape = [batch if isinstance(d, IntVar) else d for d in infer_types(graph)[graph.outputs[0]].shape]
+        y = torch.empty(shape, dtype=torch.float16, device="cuda")
+
+        def kiln_run(feeds=feeds, y=y):
+            with torch.cuda.stream(stream):
+                m.run(feeds, out={out_name: y}, graph=True)
+            torch.cuda.current_stream().wait_stream(stream)
+
+        row: dict[str, Any] = {"batch": batch, "kiln_ms": timed(kiln_run)}
+        with torch.no_grad():
+            row["eager_ms"] = timed(lambda xs=xs_torch: model16(*xs))
+            for mode, fn in compiled.items():
+                t0 = time.time()
+                fn(*xs_torch)
+                torch.cuda.synchronize()
+                row[f"compile_{mode}_first_call_s"] = round(time.time() - t0, 1)
+                row[f"compile_{mode}_ms"] = timed(lambda xs=xs_torch, fn=fn: fn(*xs))
+        flops = graph_flops(graph, sizes)
+        row["gflops"] = flops / 1e9
+        row["floor_ms"] = flops / (peak * 1e12) * 1e3
+        row["kiln_fraction_of_floor"] = row["floor_ms"] / row["kiln_ms"]
+        peers = {k: v for k, v in row.items() if k.endswith("_ms") and k not in ("kiln_ms", "floor_ms")}
+        best = min(peers, key=peers.get)
+        row["best_peer"], row["speedup_vs_best_peer"] = best, peers[best] / row["kiln_ms"]
+        result["rows"].append(row)
+        print(f"  batch {batch:4d}: kiln {row['kiln_ms']:.3f} ms  "
+              + "  ".join(f"{k[:-3]} {v:.3f}" for k, v in peers.items())
+              + f"  floor {row['floor_ms']:.3f} ({row['kiln_fraction_of_floor']:.0%})", flush=True)
+    m.close()
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default="models.json")
+    p.add_argument("--models", default="resnet50,bert_base")
+    p.add_argument("--compile-modes", default="default", help="comma list of torch.compile modes ('' for none)")
+    p.add_argument("--jobs", type=int, default=16)
+    args = p.parse_args()
+    args.compile_modes = [m for m in args.compile_modes.split(",") if m]
+    torch.manual_seed(0)
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.float16)
+    peak = 2 * 8192**3 / (timed(lambda: a @ a, 20) * 1e-3) / 1e12
+    card = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                          capture_output=True, text=True).stdout.strip()
+    print(f"{card}: measured fp16 matmul {peak:.0f} TFLOP/s", flush=True)
+    workdir = Path(tempfile.mkdtemp())
+    results = {"card": card, "torch": torch.__version__, "measured_fp16_matmul_tflops": peak, "models": []}
+    for name in args.models.split(","):
+        try:
+            results["models"].append(bench_model(name, args, peak, workdir))
+        except Exception as err:  # one model's failure must not hide the others' numbers
+            results["models"].append({"model": name, "error": f"{type(err).__name__}: {err}"[:2000]})
+            print(f"{name}: FAILED {type(err).__name__}: {err}", flush=True)
+        Path(args.out).write_text(json.dumps(results, indent=1))
+    np.set_printoptions(precision=3)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Whole layers through the pipeline and the lowering: the issue's kernel-count figures."""
+from __future__ import annotations
+
+from kiln.builder import symbol
+from planner_svc.lower import lower
+from planner_svc.pipeline import run_passes
+from tests.passes.helpers import assert_same_meaning
+from tests.passes.models import bert_encoder, resnet50
+
+B = symbol("B", 1, 4)
+LAYER_KERNELS = ["linear", "attention", "linear", "layernorm", "linear", "linear", "layernorm"]
+
+
+def test_bert_layers_are_seven_kernels_each_with_no_copy_or_permute():
+    for style in ("torch", "onnx", "sdpa"):
+        before = bert_encoder(B, 8, 2, hidden=32, heads=4, ffn=64, style=style)
+        after, _ = run_passes(before)
+        plan = lower(after, "cpu")
+        ops = [c.spec.op for c in plan.calls]
+        # One kernel for the mask, made once for every layer; then 7 a layer.
+        assert ops == ["fused_elementwise"] + LAYER_KERNELS * 2, style
+        attn = [c for c in plan.calls if c.spec.op == "attention"]
+        assert all(c.spec.attrs.layout == "bs3hd" for c in attn)
+        epilogues = [c.spec.attrs.epilogue for c in plan.calls if c.spec.op == "linear"]
+        assert [len(e) for e in epilogues] == [0, 1, 1, 1] * 2      # qkv; out+res; ffn1+gelu; ffn2+res
+        assert_same_meaning(before, after, rtol=1e-9, atol=1e-12)
+        # The memory plan reuses activations across layers.
+        assert plan.arena_bytes < plan.activation_bytes_total
+
+
+def test_bert_base_shapes_plan_without_running():
+    graph = bert_encoder(symbol("B", 1, 64), 384, 1)
+    plan = lower(run_passes(graph)[0], "cpu")
+    assert [c.spec.op for c in plan.calls] == ["fused_elementwise"] + LAYER_KERNELS
+    qkv = plan.calls[1].spec
+    assert qkv.inputs[1].shape == (3 * 768, 768)
+
+
+def test_resnet50_is_one_kernel_per_conv():
+    graph = resnet50(symbol("B", 1, 8), size=64)
+    plan = lower(run_passes(graph)[0], "cpu")
+    ops = [c.spec.op for c in plan.calls]
+    assert ops.count("conv2d") == 53 == [op.kind for op in graph.ops].count("conv2d")
+    assert ops == ["conv2d", "pool2d"] + ["conv2d"] * 52 + ["reduce_mean", "linear"]
+    assert "batchnorm" not in ops and "fused_elementwise" not in ops
