@@ -138,8 +138,8 @@ def register(app: Celery, settings: Settings) -> None:
         plan = ExecutionPlan.loads(store.get_bytes(job.plan))
         tgt = get_target(job.target)
         backend = get_backend(tgt.family)
-        graph = graph_pb2.Graph.FromString(store.get_bytes(job.optimized or job.graph))
-        by_name = {c.name: c for c in graph.constants}  # passes make constants: read the optimized graph
+        graph = graph_pb2.Graph.FromString(store.get_bytes(job.constants or job.graph))
+        by_name = {c.name: c for c in graph.constants}  # passes make constants: read the planned ones
         constants = []
         for buf in plan.of_kind("constant"):
             c = by_name[buf.name]

@@ -36,7 +36,10 @@ class Job:
     graph: str = ""      # digest of the submitted graph in the artifact store
     plan: str = ""       # digest of the ExecutionPlan
     options: str = "{}"  # JSON
-    optimized: str = ""  # digest of the graph after the planner's passes (what the link reads constants from)
+    # Digest of a Graph message with the planned graph's inputs and constants
+    # (passes make constants; the link reads them from here). Its ops are not
+    # stored: fused ops carry internal attributes that have no wire form.
+    constants: str = ""
 
     @staticmethod
     def from_hash(h: dict[str, str]) -> Job:
@@ -44,7 +47,7 @@ class Job:
             id=h["id"], key=h["key"], target=h["target"], state=h["state"], stage=h["stage"], done=int(h["done"]),
             total=int(h["total"]), artifact=h["artifact"], error=h["error"], cached=h["cached"] == "1",
             created=float(h["created"]), finished=float(h["finished"]), graph=h["graph"], plan=h["plan"],
-            options=h["options"], optimized=h.get("optimized", ""))
+            options=h["options"], constants=h.get("constants", ""))
 
     def to_hash(self) -> dict[str, str]:
         return {k: _encode(v) for k, v in asdict(self).items()}

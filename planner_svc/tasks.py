@@ -39,13 +39,13 @@ def register(app: Celery, settings: Settings) -> None:
             jobs.emit(job_id, log="planning")
             graph = _with_constant_data(graph_from_pb(graph_pb2.Graph.FromString(store.get_bytes(job.graph))), store)
             optimized, records = run_passes(graph)
-            optimized_digest = _store_graph(optimized, store)
+            constants_digest = _store_constants(optimized, store)
             for rec in records:
                 if rec.ops_before != rec.ops_after or rec.added:
                     jobs.emit(job_id, log=f"pass {rec.name}: {rec.ops_before} -> {rec.ops_after} ops {list(rec.added)}")
             execution = lower(optimized, job.target)
             digest = store.put_bytes(execution.dumps())
-            jobs.update(job_id, plan=digest, optimized=optimized_digest, stage="compiling")
+            jobs.update(job_id, plan=digest, constants=constants_digest, stage="compiling")
             jobs.set_pending(job_id, [c.kernel for c in execution.calls])
             jobs.emit(job_id, log=f"planned {len(execution.calls)} kernels from {len(graph.ops)} ops; "
                                   f"activation arena {execution.arena_bytes} bytes "
@@ -96,9 +96,10 @@ def _with_constant_data(graph: Graph, store: BlobStore) -> Graph:
         for c in graph.constants))
 
 
-def _store_graph(graph: Graph, store: BlobStore) -> str:
-    """The optimized graph with every constant by digest (stored once each): the link reads it."""
+def _store_constants(graph: Graph, store: BlobStore) -> str:
+    """The planned graph's inputs and constants, each constant by digest (stored once): what the link reads."""
     for c in graph.constants:
         if not store.has(c.sha256):
             store.put_bytes(c.data)
-    return store.put_bytes(graph_to_pb(graph, inline_limit=0).SerializeToString(deterministic=True))
+    message = graph_to_pb(graph.replace(ops=(), outputs=()), inline_limit=0)
+    return store.put_bytes(message.SerializeToString(deterministic=True))
