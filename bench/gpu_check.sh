@@ -6,7 +6,9 @@
 #                                    farm-built artifact in .gpu/ if carried
 #   bash bench/gpu_check.sh attention   bench/attention_sm90.py
 #   bash bench/gpu_check.sh models      bench/models.py (ResNet-50, BERT-base)
+#   bash bench/gpu_check.sh tune        bench/tune_bert.py (profiled vs heuristic configs)
 #   bash bench/gpu_check.sh gemm        bench/gemm_sm90.py
+# .gpu/REVISION (gitignored) names the commit under test: the device copy has no git history.
 # CUTLASS headers: carry .cutlass (a copy of the nvidia-cutlass wheel's source/).
 # Results land in $OUT (the device tool brings them back): logs and JSON.
 set -uo pipefail
@@ -16,7 +18,7 @@ OUT="${OUT:-bench/results/gpu}"
 mkdir -p "$OUT"
 status=0
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; nvcc --version | tail -1;
-  echo "commit $(cat .gpu/REVISION 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u +%FT%TZ)"; } \
+  echo "commit $(cat .gpu/REVISION 2>/dev/null || echo unknown), $(date -u +%FT%TZ)"; } \
   | tee -a "$OUT/device.txt"
 for stage in "${@:-tests}"; do
   case "$stage" in
@@ -33,6 +35,8 @@ for stage in "${@:-tests}"; do
     models)
       timeout "${MODELS_TIMEOUT:-560}" python3 bench/models.py ${MODELS_ARGS:-} --out "$OUT/models.json" 2>&1 \
         | tee "$OUT/models.log" || status=1 ;;
+    tune)
+      timeout 560 python3 bench/tune_bert.py --out "$OUT/tune_bert.json" 2>&1 | tee "$OUT/tune_bert.log" || status=1 ;;
     gemm)
       timeout 300 python3 bench/gemm_sm90.py --compile --out "$OUT/gemm_sm90.json" 2>&1 | tee "$OUT/gemm_sm90.log" || status=1 ;;
     *) echo "unknown stage $stage"; status=2 ;;

@@ -179,11 +179,52 @@ def bench_model(name: str, args: argparse.Namespace, peak: float, workdir: Path)
         best = min(peers, key=peers.get)
         row["best_peer"], row["speedup_vs_best_peer"] = best, peers[best] / row["kiln_ms"]
         result["rows"].append(row)
+        if batch == args.breakdown_batch or (args.breakdown_batch == -1 and batch == BATCHES[name][-1]):
+            result["breakdown"] = kernel_breakdown(built, m, feeds, out_name, y, batch)
         print(f"  batch {batch:4d}: kiln {row['kiln_ms']:.3f} ms  "
               + "  ".join(f"{k[:-3]} {v:.3f}" for k, v in peers.items())
               + f"  floor {row['floor_ms']:.3f} ({row['kiln_fraction_of_floor']:.0%})", flush=True)
     m.close()
     return result
+
+
+def kernel_breakdown(built: lb.LocalBuild, m: Model, feeds: dict, out_name: str, y: torch.Tensor,
+                     batch: int, runs: int = 5) -> dict[str, Any]:
+    """Device time per Kiln kernel (torch.profiler over eager runs), largest first: where the time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    manifest = built.manifest()
+    by_fn = {k.fn: k for k in manifest.kernels}
+    fn_of = {k.kernel: k.fn for k in manifest.kernels}
+    for _ in range(2):
+        m.run(feeds, out={out_name: y})
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(runs):
+            m.run(feeds, out={out_name: y})
+        torch.cuda.synchronize()
+    per_fn: dict[str, float] = {}
+    other = 0.0
+    for e in prof.key_averages():
+        t = getattr(e, "device_time_total", 0.0) or getattr(e, "cuda_time_total", 0.0)
+        fn = next((f for f in by_fn if f in e.key), None)
+        if fn is None:
+            other += t
+        else:
+            per_fn[fn] = per_fn.get(fn, 0.0) + t
+    rows = []
+    for fn, us in sorted(per_fn.items(), key=lambda kv: -kv[1]):
+        k = by_fn[fn]
+        uses = [c for c in built.plan.calls if fn_of[c.kernel] == fn]
+        spec = uses[0].spec if uses else None
+        rows.append({"fn": fn, "op": spec.op if spec else "?", "calls_per_run": len(uses),
+                     "ms_per_run": us / runs / 1e3, "config": k.config,
+                     "shapes": [str(t) for t in spec.inputs[:2]] if spec else []})
+    total = sum(r["ms_per_run"] for r in rows)
+    print(f"  breakdown at batch {batch}: kernels {total:.3f} ms/run, unattributed {other / runs / 1e3:.3f} ms/run")
+    for r in rows[:12]:
+        print(f"    {r['ms_per_run']:.3f} ms  x{r['calls_per_run']}  {r['op']:10s} {r['config']}  {r['shapes']}")
+    return {"batch": batch, "kernels_ms": total, "unattributed_ms": other / runs / 1e3, "rows": rows}
 
 
 def main() -> None:
@@ -192,6 +233,7 @@ def main() -> None:
     p.add_argument("--models", default="resnet50,bert_base")
     p.add_argument("--compile-modes", default="default", help="comma list of torch.compile modes ('' for none)")
     p.add_argument("--jobs", type=int, default=16)
+    p.add_argument("--breakdown-batch", type=int, default=-1, help="batch of the per-kernel breakdown (-1: largest)")
     args = p.parse_args()
     args.compile_modes = [m for m in args.compile_modes.split(",") if m]
     torch.manual_seed(0)

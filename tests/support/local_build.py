@@ -59,6 +59,9 @@ class LocalBuild:
 
 
 def _config(backend: Backend, target: Target, spec: KernelSpec, configs: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
+    """configs maps a spec key (a profiled pick) or an op kind (a test's pin) to a config."""
+    if configs and spec.key() in configs:
+        return dict(configs[spec.key()])
     if configs and spec.op in configs:
         return dict(configs[spec.op])
     return backend.default_config(spec, target)
@@ -98,7 +101,7 @@ def build_local(graph: Graph, target_name: str, out_dir: str | Path, configs: di
                 *, single_tu: bool = False, jobs: int | None = None) -> LocalBuild:
     """Build `graph` for `target_name` into `out_dir`.
 
-    configs: op kind -> config, replacing the backend's default for that kind.
+    configs: spec key or op kind -> config, replacing the backend's default.
     single_tu: compile every kernel in one translation unit (one nvcc run).
     jobs: compilers run in parallel (default: the machine's cores).
     Objects are cached in-process by object key (as the farm caches them), so
