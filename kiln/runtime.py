@@ -53,7 +53,10 @@ class Model:
             self.lib.kiln_memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
             self.lib.kiln_device_free.argtypes = [ctypes.c_void_p]
             self.lib.kiln_last_device_error.restype = ctypes.c_char_p
-            self.lib.kiln_model_run_graph.argtypes = self.lib.kiln_model_run.argtypes
+            # Artifacts built before graph replay existed lack the symbol: they still run eagerly.
+            self.has_graph_replay = hasattr(self.lib, "kiln_model_run_graph")
+            if self.has_graph_replay:
+                self.lib.kiln_model_run_graph.argtypes = self.lib.kiln_model_run.argtypes
 
     def close(self) -> None:
         if getattr(self, "handle", None):
@@ -192,6 +195,8 @@ class Model:
             outs[s.name] = t
         if stream is None and device.type == "cuda":
             stream = torch.cuda.current_stream(device).cuda_stream
+        if graph and not getattr(self, "has_graph_replay", False):
+            raise RunError("this artifact has no graph replay (built before it existed, or for the cpu); run without graph=")
         if graph and (self.family == "cpu" or not stream):
             raise RunError("graph replay needs a GPU model and a non-default stream (e.g. inside torch.cuda.stream(...))")
         self._call([t.data_ptr() for t in ins], [t.data_ptr() for t in outs.values()], syms, stream, graph)
