@@ -202,7 +202,40 @@ def _profile_import(db: ProfileDB, path: str) -> int:
     return 0
 
 
+def _profile_run(args: argparse.Namespace) -> int:
+    """Profile MODEL's kernels across the fleet, building no artifact, with a progress bar."""
+    from kiln.client import Client
+    from kiln.v1 import farm_pb2
+
+    graph = _load_model(args)
+    t0 = time.monotonic()
+    tty = sys.stderr.isatty()
+
+    def show(e: farm_pb2.JobEvent) -> None:
+        if e.total:
+            width = 30
+            filled = width * e.done // e.total
+            bar = f"[{'#' * filled}{'.' * (width - filled)}] {e.done}/{e.total} kernels"
+            text = f"{time.monotonic() - t0:7.1f}s {bar}"
+            print(("\r" + text) if tty else text, end="" if tty else "\n", file=sys.stderr, flush=True)
+        if args.verbose and (e.log or e.error):
+            print(f"\n{e.error or e.log}" if tty else (e.error or e.log), file=sys.stderr)
+
+    with Client(_server(args)) as client:
+        job = client.compile(graph, args.target, profile_only=True, on_event=show)
+    if tty:
+        print(file=sys.stderr)
+    if job.state != farm_pb2.SUCCEEDED:
+        print(f"{args.target}: job {job.id} {farm_pb2.JobState.Name(job.state)}: {job.error}")
+        return 1
+    print(f"{args.target}: profiled {graph.name} in {time.monotonic() - t0:.1f} s (job {job.id}); "
+          f"`kiln profile show SPEC` lists the timings")
+    return 0
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
+    if args.action == "run":
+        return _profile_run(args)
     import redis
 
     from kiln.profiledb import ProfileDB
@@ -273,8 +306,14 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--explain", action="store_true")
     c.set_defaults(fn=cmd_plan)
 
-    c = sub.add_parser("profile", help="the fleet profile database (in the cluster's Redis)")
+    c = sub.add_parser("profile", help="profile a model on the fleet; the fleet profile database (in the cluster's Redis)")
     actions = c.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("run", help="profile MODEL's kernels on the fleet (no artifact): warms the database")
+    a.add_argument("model", help=model_help)
+    a.add_argument("--dim", action="append", type=_dim_range, metavar="NAME=MIN:MAX", help=dim_help)
+    a.add_argument("--target", required=True, help="cpu, cuda:sm90, cuda:sm80, rocm:gfx90a")
+    a.add_argument("--server", default=None)
+    a.add_argument("-v", "--verbose", action="store_true")
     a = actions.add_parser("show", help="a kernel's records, best first, per device kind")
     a.add_argument("spec_prefix", metavar="SPEC_KEY_PREFIX")
     a.add_argument("--device-kind", default=None, help="cpu.x86_64, cuda.sm90, ...")

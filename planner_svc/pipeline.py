@@ -18,6 +18,7 @@ from planner_svc.passes import (
     fuse_elementwise_chains,
     fuse_gemm_epilogues,
     fuse_qkv_projections,
+    fuse_residual_layernorm,
     matmul_to_linear,
     remove_noops,
 )
@@ -39,6 +40,8 @@ PASSES: tuple[tuple[str, Pass, str], ...] = (
     ("fuse_qkv", fuse_qkv_projections, "Q, K and V projections of one input are one GEMM"),
     ("fuse_elementwise", fuse_elementwise_chains, "one pass over memory for a chain of pointwise ops"),
     ("fuse_gemm_epilogue", fuse_gemm_epilogues, "apply pointwise work to the GEMM accumulator in registers"),
+    ("fuse_residual_layernorm", fuse_residual_layernorm,
+     "a residual add no GEMM took is read by its layernorm: one kernel, the sum never stored"),
     ("align_channels", align_conv_channels, "a 3-channel conv input padded to 8 takes the Tensor Core path"),
     ("dce_after_fusion", eliminate_dead_code, "fusion can orphan constants"),
 )
@@ -101,7 +104,8 @@ def explain_lines(graph: Graph, records: list[PassRecord], plan: ExecutionPlan,
         made = {n for fired in rec.fired for n in fired.split(" ", 1)[1].split("+")}
         lines += [f"    + {fired}" for fired in rec.fired]
         lines += [f"    - {n}" for n in rec.removed if n not in made]
-    lines.append(f"{len(graph.ops)} ops -> {len(plan.calls)} kernels")
+    views = [b.name for b in plan.buffers if b.alias_of]  # reshapes, contiguous slices, in-place concat inputs
+    lines.append(f"{len(graph.ops)} ops -> {len(plan.calls)} kernels, {len(views)} views (no kernel moves their bytes)")
     for call in plan.calls:
         lines.append(f"  {call.kernel:5s} {call.spec.op:18s} {call.spec.key()}  {'+'.join(call.source_ops)}")
     lines.append(f"activation memory: peak (arena) {plan.arena_bytes} bytes, "

@@ -393,7 +393,8 @@ def test_pipeline_on_a_transformer_block():
 
 def test_pipeline_disabled_passes():
     before = _block()
-    after, records = run_passes(before, PassContext(disabled=frozenset({"fuse_gemm_epilogue"})))
+    # Without GEMM epilogues the residual add would go into the layernorm instead: keep both off.
+    after, records = run_passes(before, PassContext(disabled=frozenset({"fuse_gemm_epilogue", "fuse_residual_layernorm"})))
     assert "fuse_gemm_epilogue" not in [r.name for r in records]
     assert kinds(after) == ["linear", "fused_elementwise", "linear", "fused_elementwise", "layernorm"]
     assert_same_meaning(before, after)

@@ -72,8 +72,17 @@ def _linear(b: Any, spec: KernelSpec) -> Context:
 
 @context_for("layernorm", "softmax")
 def _rows(b: Any, spec: KernelSpec) -> Context:
-    r, c = cexpr.rows_cols(spec.inputs[0])
-    return {"R": r, "C": c, "eps": repr(float(spec.attrs.eps)) if spec.op == "layernorm" else ""}
+    x = spec.inputs[0]
+    r, c = cexpr.rows_cols(x)
+    norm = spec.op == "layernorm"
+    # Elements per 16-byte load, when the row length is a multiple of it (every
+    # row then starts 16-byte aligned); both ops need a static row length.
+    n = x.shape[-1] if x.rank else 1
+    per16 = 16 // x.dtype.itemsize
+    return {"R": r, "C": c, "eps": repr(float(spec.attrs.eps)) if norm else "",
+            "has_residual": norm and spec.attrs.has_residual,
+            "cols": n if isinstance(n, int) else None,
+            "vec": per16 if isinstance(n, int) and n % per16 == 0 else 1}
 
 
 @context_for("conv2d")

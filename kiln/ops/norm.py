@@ -12,13 +12,17 @@ from kiln.ops.base import OpDef, ShapeError, register, same_float_dtype
 @dataclass(frozen=True)
 class LayerNormAttrs:
     eps: float = 1e-5
+    # A fourth input r of x's shape: the op normalises x + r, so a residual
+    # add need not go through memory before its norm.
+    has_residual: bool = False
 
 
 @register
 class LayerNorm(OpDef):
     kind = "layernorm"
     Attrs = LayerNormAttrs
-    min_inputs = max_inputs = 3
+    min_inputs = 3
+    max_inputs = 4
 
     def check_attrs(self, attrs: LayerNormAttrs) -> None:
         if not attrs.eps > 0:
@@ -26,7 +30,12 @@ class LayerNorm(OpDef):
 
     def infer(self, inputs: list[TensorType], attrs: LayerNormAttrs) -> list[TensorType]:
         same_float_dtype(inputs, "layernorm")
-        x, gamma, beta = inputs
+        want = 4 if attrs.has_residual else 3
+        if len(inputs) != want:
+            raise ShapeError(f"layernorm: has_residual={attrs.has_residual} takes {want} inputs, got {len(inputs)}")
+        x, gamma, beta = inputs[:3]
+        if attrs.has_residual and inputs[3].shape != x.shape:
+            raise ShapeError(f"layernorm: the residual must have x's shape {x} (no broadcasting), got {inputs[3]}")
         n = x.shape[-1] if x.rank else None
         if not isinstance(n, int):
             raise ShapeError(f"layernorm: the normalised (last) dim of {x} must be static")
@@ -36,7 +45,9 @@ class LayerNorm(OpDef):
         return [x]
 
     def reference(self, inputs: list[np.ndarray], attrs: LayerNormAttrs) -> list[np.ndarray]:
-        x, gamma, beta = inputs
+        x, gamma, beta = inputs[:3]
+        if attrs.has_residual:
+            x = x + inputs[3]
         mean = x.mean(axis=-1, keepdims=True)
         var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
         return [(x - mean) / np.sqrt(var + attrs.eps) * gamma + beta]

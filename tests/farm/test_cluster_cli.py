@@ -59,6 +59,12 @@ def test_local_cluster_runs_the_compose_services(tmp_path):
                 g = got[name].astype(np.float64)
                 assert np.linalg.norm(g - want[name]) / np.linalg.norm(want[name]) < tol
 
+        # `kiln profile run`: the fleet profiles the model's kernels, no artifact; the database then holds them.
+        warmed = kiln(env, "profile", "run", "examples/mlp.py", "--target", "cpu")
+        assert "profiled" in warmed.stdout and "kernels" in warmed.stderr
+        exported = kiln(env, "profile", "export", "-").stdout.splitlines()
+        assert len(exported) >= 2 * 5 and all(json.loads(line)["device_kind"] == "cpu.x86_64" for line in exported)
+
         bad = kiln(env, "fetch", "00" * 32, "-o", str(tmp_path / "nothing"), check=False)
         assert bad.returncode != 0
     finally:

@@ -16,6 +16,7 @@ import math
 import numpy as np
 
 from kiln.builder import GraphBuilder, Value, gelu, layer_norm, linear, matmul, relu, softmax
+from kiln.dtypes import DType
 from kiln.ir import Dim, Graph
 from kiln.ops import BatchNormAttrs, Conv2dAttrs, PermuteAttrs, Pool2dAttrs, ReduceAttrs, ReshapeAttrs
 
@@ -128,3 +129,41 @@ def resnet50(batch: Dim, size: int = 224, seed: int = 0, blocks: tuple[int, ...]
     h = b.op("reduce_mean", [h], ReduceAttrs((1, 2)))
     w = b.constant("fc.weight", rng.standard_normal((1000, h.type.shape[-1])) / math.sqrt(h.type.shape[-1]))
     return b.build(linear(h, w, b.constant("fc.bias", 0.01 * rng.standard_normal(1000)), name="fc"))
+
+
+# --- embeddings ---------------------------------------------------------------------------------
+
+def bert_embeddings(b: GraphBuilder, batch: Dim, seq: int, rng: np.random.Generator, *, hidden: int = 768,
+                    vocab: int = 1000, max_positions: int = 512, style: str = "distilbert") -> Value:
+    """LayerNorm(word_embeddings(input_ids) + position_embeddings(position_ids) [+ token types]).
+
+    `style="distilbert"` follows DistilBERT's Embeddings, whose position ids are
+    expanded to [B, S]: two [B, S, H] addends, a lone add before the norm.
+    `style="bert"` follows BertEmbeddings: word + token type embeddings (both
+    [B, S, H]) plus position embeddings of a [1, S] id row, broadcast.
+    """
+    ids = b.input("input_ids", (batch, seq), DType.I64)
+    word = b.constant("embeddings.word_embeddings.weight", 0.05 * rng.standard_normal((vocab, hidden)))
+    pos = b.constant("embeddings.position_embeddings.weight", 0.05 * rng.standard_normal((max_positions, hidden)))
+    x = b.op("embedding", [word, ids])
+    if style == "distilbert":
+        x = x + b.op("embedding", [pos, b.input("position_ids", (batch, seq), DType.I64)])
+    else:
+        types = b.constant("embeddings.token_type_embeddings.weight", 0.05 * rng.standard_normal((2, hidden)))
+        x = x + b.op("embedding", [types, b.input("token_type_ids", (batch, seq), DType.I64)])
+        x = x + b.op("embedding", [pos, b.constant("embeddings.position_ids", np.arange(seq).reshape(1, seq),
+                                                   DType.I64)])
+    return layer_norm(x, b.constant("embeddings.LayerNorm.weight", 1 + 0.1 * rng.standard_normal(hidden)),
+                      b.constant("embeddings.LayerNorm.bias", 0.1 * rng.standard_normal(hidden)), eps=1e-12)
+
+
+def bert_model(batch: Dim, seq: int, layers: int, *, hidden: int = 768, heads: int = 12, ffn: int = 3072,
+               vocab: int = 1000, embeddings: str = "distilbert", seed: int = 0) -> Graph:
+    """Token ids in, last hidden state out: the embeddings, then `layers` BERT layers."""
+    rng = np.random.default_rng(seed)
+    b = GraphBuilder(f"{embeddings}_{layers}x{hidden}")
+    x = bert_embeddings(b, batch, seq, rng, hidden=hidden, vocab=vocab, style=embeddings)
+    mask = mask_from_attention_mask(b, b.input("attention_mask", (batch, seq)), seq)
+    for i in range(layers):
+        x = bert_layer(b, x, mask, i, rng, hidden=hidden, heads=heads, ffn=ffn)
+    return b.build(x)
