@@ -70,8 +70,11 @@ class Buffer:
     type: TensorType
     kind: str        # input | output | constant | activation
     index: int       # input/output/constant position, or arena offset for activations
-    # A view (reshape) owns no bytes: it names the buffer whose bytes it reads.
+    # A view (a reshape, a contiguous slice, a concat input written in place)
+    # owns no bytes: it names the buffer that does, and where in it it starts;
+    # kind and index are the owner's. Both default so older plans still load.
     alias_of: str = ""
+    alias_offset: int = 0  # bytes into alias_of
 
 
 @dataclass(frozen=True)

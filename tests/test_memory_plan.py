@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kiln.builder import GraphBuilder, relu, symbol
+from kiln.ops import ReshapeAttrs
 from planner_svc.lower import ALIGN, lower, plan_arena
 
 
@@ -173,3 +174,36 @@ def test_lower_keeps_a_fanned_out_activation_apart_and_reuses_dead_branches():
     # a_i.out dies at b_i, before a_{i+1} is made: the branches share one slot.
     assert acts["a0.out"] == acts["a1.out"] == acts["a2.out"]
     assert plan_.arena_bytes == 2 * 4 * 64 * 4
+
+
+# --- a lowered plan, views included --------------------------------------------------------------
+
+def check_lowered_plan(plan_) -> None:
+    """check_plan on a lowered plan's activations, a view's uses counting for the
+    buffer owning its bytes (so a reused owner that a view still needs fails);
+    and every view lies inside its owner."""
+    owners = {b.name: b for b in plan_.of_kind("activation")}
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for step, call in enumerate(plan_.calls):
+        for name in call.args:
+            buf = plan_.buffer(name)
+            owner = buf.alias_of or buf.name
+            if owner in owners:
+                first.setdefault(owner, step)
+                last[owner] = step
+    assert set(first) == set(owners), f"activations no kernel touches: {set(owners) - set(first)}"
+    sizes = {n: b.type.max_bytes() for n, b in owners.items()}
+    check_plan(sizes, first, last, {n: b.index for n, b in owners.items()}, plan_.arena_bytes)
+    for view in (b for b in plan_.buffers if b.alias_of):
+        owner = plan_.buffer(view.alias_of)
+        assert not owner.alias_of, f"{view.name} names {owner.name}, itself a view, as its owner"
+        assert (view.kind, view.index) == (owner.kind, owner.index), view
+        assert 0 <= view.alias_offset and view.alias_offset + view.type.max_bytes() <= owner.type.max_bytes(), view
+
+
+def test_lowered_chain_with_views_keeps_the_invariants():
+    b = GraphBuilder("viewed")
+    x = b.input("x", (symbol("B", 1, 4), 64))
+    h = relu(b.op("reshape", [relu(x, name="r0")], ReshapeAttrs((0, 8, 8))), name="r1")
+    check_lowered_plan(lower(b.build(relu(h, name="r2")), "cpu"))

@@ -16,7 +16,7 @@ import jinja2
 from codegen_worker.backends import cexpr, contexts
 from kiln.dtypes import DType
 from kiln.ir import IntVar, TensorType
-from kiln.plan import ExecutionPlan, KernelSpec
+from kiln.plan import Buffer, ExecutionPlan, KernelSpec
 from kiln.targets import Target
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -58,6 +58,18 @@ def template_env() -> jinja2.Environment:
     env.filters["cident"] = cident
     env.filters["clabel"] = clabel
     return env
+
+
+def buffer_pointer(buf: Buffer) -> str:
+    """The C expression of a buffer's first byte inside kiln_model_run; a view
+    starts alias_offset bytes into its owner (char arithmetic: a byte offset)."""
+    off = buf.alias_offset
+    if buf.kind == "activation":
+        return f"m->arena + {buf.index + off}"
+    if buf.kind == "constant":
+        return f"m->consts + kConstOffsets[{buf.index}]" + (f" + {off}" if off else "")
+    base = {"input": "inputs", "output": "outputs"}[buf.kind] + f"[{buf.index}]"
+    return f"static_cast<char*>({base}) + {off}" if off else base
 
 
 class Backend:
@@ -147,14 +159,7 @@ class Backend:
         sym_index = {s.name: sym_names[i] for i, s in enumerate(plan.symbols)}
         calls = []
         for call in plan.calls:
-            args = []
-            for name in call.args:
-                buf = plan.buffer(name)
-                args.append({
-                    "input": f"inputs[{buf.index}]", "output": f"outputs[{buf.index}]",
-                    "constant": f"m->consts + kConstOffsets[{buf.index}]",
-                    "activation": f"m->arena + {buf.index}",
-                }[buf.kind])
+            args = [buffer_pointer(plan.buffer(name)) for name in call.args]
             calls.append({"id": call.kernel, "fn": fns[call.kernel], "args": args,
                           "dims": [sym_index[s] for s in call.symbols],
                           "label": clabel("+".join(call.source_ops))})

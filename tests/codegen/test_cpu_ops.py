@@ -37,7 +37,9 @@ def test_op_case_matches_reference(tmp_path, case, dtype):
         model.close()
     assert errors
     # One kernel per case: epilogues fuse into the conv, a reshape read by a kernel is a view.
-    assert len(built.plan.calls) == (2 if graph.name == "reshape_out" else 1), built.ops()
+    # (A half-precision conv with fewer than 8 input channels first gets a pad: align_conv_channels.)
+    kernels = [op for op in built.ops() if op != "pad" or not graph.name.startswith("conv")]
+    assert len(kernels) == (2 if graph.name == "reshape_out" else 1), built.ops()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
