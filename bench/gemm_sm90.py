@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.models import timed
 from kiln.builder import GraphBuilder, gelu, linear
 from kiln.dtypes import DType
 from kiln.ir import IntVar
@@ -25,21 +25,6 @@ from tests.support import local_build as lb
 # BERT-base, batch 64, sequence 384: the GEMMs of one layer.
 SHAPES = [("qkv", 24576, 2304, 768, "bias"), ("ffn_up_gelu", 24576, 3072, 768, "gelu"),
           ("ffn_down_residual", 24576, 768, 3072, "residual")]
-
-
-def timed(fn, reps: int = 50) -> float:
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
 
 
 def kiln_graph(name: str, m: int, n: int, k: int, kind: str, w: np.ndarray, bias: np.ndarray):

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from kiln.ir import Dim, TensorType
-from kiln.ops.base import OpDef, ShapeError, broadcast_shapes, describe, register, same_float_dtype
-from kiln.ops.elementwise import EwInstr, check_program, eval_program
+from kiln.ops.base import OpDef, ShapeError, describe, register, same_float_dtype
+from kiln.ops.elementwise import EwInstr, check_epilogue_inputs, eval_program
 
 
 def _pair(name: str, value: tuple[int, ...], minimum: int) -> None:
@@ -87,17 +87,7 @@ class Conv2d(OpDef):
         oh = out_size(h, kh, attrs.stride[0], attrs.pads[0], attrs.pads[2], attrs.dilation[0])
         ow = out_size(wd, kw, attrs.stride[1], attrs.pads[1], attrs.pads[3], attrs.dilation[1])
         out = TensorType(x.dtype, (n, oh, ow, o))
-        rest = inputs[2:]
-        if attrs.has_bias:
-            if not rest or rest[0].shape != (o,):
-                raise ShapeError(f"conv2d: has_bias needs a bias input of shape [{o}]")
-            rest = rest[1:]
-        check_program(attrs.epilogue, 1 + len(rest))
-        if rest and not attrs.epilogue:
-            raise ShapeError("conv2d: extra inputs given but no epilogue uses them")
-        for extra in rest:
-            if broadcast_shapes([out.shape, extra.shape]) != out.shape:
-                raise ShapeError(f"conv2d: epilogue input {extra} does not broadcast to the output {out}")
+        check_epilogue_inputs("conv2d", out, inputs[2:], attrs.has_bias, attrs.epilogue)
         return [out]
 
     def reference(self, inputs: list[np.ndarray], attrs: Conv2dAttrs) -> list[np.ndarray]:

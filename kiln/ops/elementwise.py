@@ -118,3 +118,21 @@ class FusedElementwise(OpDef):
     def reference(self, inputs: list[np.ndarray], attrs: FusedAttrs) -> list[np.ndarray]:
         out = eval_program(attrs.program, inputs)
         return [np.broadcast_to(out, np.broadcast_shapes(*(x.shape for x in inputs))).copy()]
+
+
+def check_epilogue_inputs(kind: str, out: TensorType, extras: list[TensorType], has_bias: bool,
+                          epilogue: tuple[EwInstr, ...]) -> None:
+    """A GEMM-like op's inputs after its operands: bias [N] then epilogue inputs that broadcast to out."""
+    n = out.shape[-1]
+    rest = extras
+    if has_bias:
+        if not rest or rest[0].shape != (n,):
+            raise ShapeError(f"{kind}: has_bias needs a bias input of shape [{n}]"
+                             + (f", got {rest[0]}" if rest else ", none given"))
+        rest = rest[1:]
+    check_program(epilogue, 1 + len(rest))
+    if rest and not epilogue:
+        raise ShapeError(f"{kind}: extra inputs given but no epilogue uses them")
+    for extra in rest:
+        if broadcast_shapes([out.shape, extra.shape]) != out.shape:
+            raise ShapeError(f"{kind}: epilogue input {extra} does not broadcast to the output {out}")

@@ -7,7 +7,7 @@ import numpy as np
 
 from kiln.ir import TensorType
 from kiln.ops.base import OpDef, ShapeError, broadcast_shapes, describe, register, same_float_dtype
-from kiln.ops.elementwise import EwInstr, check_program, eval_program
+from kiln.ops.elementwise import EwInstr, check_epilogue_inputs, eval_program
 
 
 @dataclass(frozen=True)
@@ -39,19 +39,7 @@ class Linear(OpDef):
         if not isinstance(n, int):
             raise ShapeError("linear: w's dims must be static")
         out = TensorType(x.dtype, x.shape[:-1] + (n,))
-        rest = inputs[2:]
-        if attrs.has_bias:
-            if not rest:
-                raise ShapeError("linear: has_bias is set but no bias input is given")
-            if rest[0].shape != (n,):
-                raise ShapeError(f"linear: bias must have shape [{n}], got {rest[0]}")
-            rest = rest[1:]
-        check_program(attrs.epilogue, 1 + len(rest))
-        if rest and not attrs.epilogue:
-            raise ShapeError("linear: extra inputs given but no epilogue uses them")
-        for extra in rest:
-            if broadcast_shapes([out.shape, extra.shape]) != out.shape:
-                raise ShapeError(f"linear: epilogue input {extra} does not broadcast to the output {out}")
+        check_epilogue_inputs("linear", out, inputs[2:], attrs.has_bias, attrs.epilogue)
         return [out]
 
     def reference(self, inputs: list[np.ndarray], attrs: LinearAttrs) -> list[np.ndarray]:
