@@ -145,8 +145,12 @@ def register(app: Celery, settings: Settings) -> None:
             c = by_name[buf.name]
             constants.append(bytes(c.inline) if c.WhichOneof("data") == "inline" else store.get_bytes(c.sha256))
         fns = {k: results[k]["fn"] for k in results}
-        unique = sorted({(v["fn"], v["object"]) for v in results.values()})
-        objects = [store.get_bytes(obj) for _, obj in unique]
+        # One object per function: two equal sources compiled apart (nvcc output is not
+        # byte-identical run to run) must not both reach the linker.
+        chosen = {}
+        for v in sorted(results.values(), key=lambda v: (v["fn"], v["object"])):
+            chosen.setdefault(v["fn"], v["object"])
+        objects = [store.get_bytes(obj) for obj in chosen.values()]
         with tempfile.TemporaryDirectory(prefix="kiln-link-", dir=_workdir(settings)) as tmp:
             linked = build.link(backend, tgt, plan, fns, objects, constants, Path(tmp))
             files = [FileEntry("libmodel.so", store.put_file(linked.lib), linked.lib.stat().st_size)]
@@ -161,7 +165,7 @@ def register(app: Celery, settings: Settings) -> None:
             outputs=tuple(TensorSig(b.name, b.type.dtype, b.type.shape) for b in plan.of_kind("output")),
             symbols=plan.symbols, files=tuple(files),
             kernels=tuple(KernelEntry(c.kernel, c.source_ops, results[c.kernel]["spec_key"], results[c.kernel]["fn"],
-                                      results[c.kernel]["object"], results[c.kernel]["config"],
+                                      chosen[results[c.kernel]["fn"]], results[c.kernel]["config"],
                                       results[c.kernel]["profiled"]) for c in plan.calls),
             arena_bytes=plan.arena_bytes,
             profiled=all(results[c.kernel]["profiled"] for c in plan.calls))

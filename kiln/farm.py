@@ -5,6 +5,7 @@ Services send each other tasks by these names; none imports another.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import threading
@@ -23,6 +24,8 @@ TASK_PROFILE = "profile.run"
 
 TOOLCHAINS_KEY = "kiln:toolchains"
 STATS_KEY = "kiln:stats"
+
+log = logging.getLogger(__name__)
 
 
 def make_celery(settings: Settings, name: str) -> Celery:
@@ -114,7 +117,10 @@ def fleet_lock(r: redis.Redis, name: str, wait_s: float, ttl_s: float = 20.0):
     The TTL is short and renewed by a thread, so a worker killed mid-compile
     frees the lock within ttl_s and the redelivered task is not stuck behind it.
     """
-    lock = r.lock(name, timeout=ttl_s, blocking_timeout=wait_s)
+    # thread_local=False: the keeper thread below extends the lock, and a
+    # thread-local token would be invisible to it (the lock then silently
+    # expired mid-compile and a second worker compiled the same object).
+    lock = r.lock(name, timeout=ttl_s, blocking_timeout=wait_s, thread_local=False)
     if not lock.acquire():
         raise TimeoutError(f"waited {wait_s:.0f}s for {name}")
     stop = threading.Event()
@@ -123,7 +129,8 @@ def fleet_lock(r: redis.Redis, name: str, wait_s: float, ttl_s: float = 20.0):
         while not stop.wait(ttl_s / 3):
             try:
                 lock.extend(ttl_s, replace_ttl=True)
-            except Exception:  # noqa: BLE001  (lost lock: the holder finishes anyway)
+            except Exception as err:  # noqa: BLE001  (lost lock: the holder finishes anyway)
+                log.warning("lost fleet lock %s: %s", name, err)
                 return
 
     keeper = threading.Thread(target=renew, name="kiln-lock-keeper", daemon=True)
