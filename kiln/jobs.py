@@ -70,6 +70,19 @@ class Event:
     artifact: str
 
 
+_UPDATE = """
+-- ARGV: n, n terminal states, then field/value pairs. Ended and unknown jobs are left alone.
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 0 end
+local n = tonumber(ARGV[1])
+for i = 2, n + 1 do
+  if state == ARGV[i] then return 0 end
+end
+for i = n + 2, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+return 1
+"""
 _REPORT = """
 if redis.call('SREM', KEYS[1], ARGV[1]) == 1 then
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
@@ -84,6 +97,7 @@ class JobStore:
     def __init__(self, r: redis.Redis):
         self.r = r
         self._report = r.register_script(_REPORT)
+        self._update = r.register_script(_UPDATE)
 
     @staticmethod
     def new_id() -> str:
@@ -105,7 +119,9 @@ class JobStore:
         unknown = set(fields) - set(Job.__dataclass_fields__)
         if unknown:
             raise KeyError(f"jobs have no field(s) {sorted(unknown)}")
-        self.r.hset(self._k(job_id), mapping={k: _encode(v) for k, v in fields.items()})
+        # Atomic with finish(): a worker's late "running" must not undo a cancel or a failure.
+        flat = [x for k, v in fields.items() for x in (k, _encode(v))]
+        self._update(keys=[self._k(job_id)], args=[len(TERMINAL), *sorted(TERMINAL), *flat])
 
     def emit(self, job_id: str, *, log: str = "", error: str = "", stage: str | None = None) -> None:
         job = self.get(job_id)

@@ -6,7 +6,7 @@ import time
 import pytest
 import redis
 
-from kiln.jobs import FAILED, RUNNING, SUCCEEDED, Job, JobStore
+from kiln.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, Job, JobStore
 from tests.support.redis import redis_server
 
 
@@ -41,6 +41,18 @@ def test_a_job_ends_once_and_frees_its_key(jobs):
     assert jobs.get(job.id).state == SUCCEEDED
     other = JobStore.new_id()
     assert jobs.claim_key("once", other) == other
+
+
+def test_a_late_update_cannot_reopen_an_ended_job(jobs):
+    """The planner marks a job running after a cancel landed: the cancel must stand."""
+    job = new_job(jobs, "late")
+    jobs.update(job.id, stage="planning")
+    assert jobs.get(job.id).stage == "planning"
+    assert jobs.finish(job.id, CANCELLED)
+    jobs.update(job.id, state=RUNNING, stage="planning")
+    assert jobs.get(job.id).state == CANCELLED and jobs.get(job.id).stage == "cancelled"
+    jobs.update("no-such-job", state=RUNNING)
+    assert jobs.get("no-such-job") is None
 
 
 def test_a_job_without_progress_is_failed_and_watchers_hear_it(jobs):
