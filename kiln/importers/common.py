@@ -9,8 +9,9 @@ logical layout back.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -443,3 +444,16 @@ def _broadcast(a: tuple[Dim, ...], b: tuple[Dim, ...]) -> tuple[Dim, ...]:
 def scalar(value: float, dtype: DType) -> Value:
     return const_value(np.asarray(value, dtype=np.float32 if dtype is DType.BF16 else np.dtype(dtype.value)), "scalar",
                        dtype)
+
+
+def handler_registry() -> tuple[dict[str, Callable[..., Any]], Callable[..., Callable]]:
+    """A table of op handlers and the decorator that fills it: `@on("Relu", "aten.relu.default")`."""
+    table: dict[str, Callable[..., Any]] = {}
+
+    def on(*keys: str) -> Callable[[Callable], Callable]:
+        def deco(fn: Callable) -> Callable:
+            for k in keys:
+                table[k] = fn
+            return fn
+        return deco
+    return table, on

@@ -18,7 +18,7 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from kiln.dtypes import DType
-from kiln.importers.common import Builder, Refusal, Refusals, Value, const_value, kiln_dtype
+from kiln.importers.common import Builder, Refusal, Refusals, Value, const_value, handler_registry, kiln_dtype
 from kiln.ir import Dim, Graph, IntVar, TensorType
 
 MIN_OPSET = 13
@@ -142,15 +142,9 @@ class OnnxImporter:
 
 
 Handler = Callable[[OnnxImporter, onnx.NodeProto, list, dict], list]
-HANDLERS: dict[str, Handler] = {}
+HANDLERS, _on = handler_registry()
 
 
-def _on(*keys: str) -> Callable[[Handler], Handler]:
-    def deco(fn: Handler) -> Handler:
-        for k in keys:
-            HANDLERS[k] = fn
-        return fn
-    return deco
 
 
 def _const_ints(v: Value | None, what: str) -> list:

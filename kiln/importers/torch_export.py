@@ -20,7 +20,7 @@ from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
 from kiln.dtypes import DType
-from kiln.importers.common import Builder, Refusal, Refusals, Value, const_value, scalar
+from kiln.importers.common import Builder, Refusal, Refusals, Value, const_value, handler_registry, scalar
 from kiln.ir import Dim, Graph, IntVar, TensorType
 
 _DTYPES = {torch.float32: DType.F32, torch.float16: DType.F16, torch.bfloat16: DType.BF16,
@@ -246,15 +246,9 @@ def _to_torch(tree: Any, like: bool = False) -> Any:
 # ---------------------------------------------------------------- handlers
 
 Handler = Callable[..., Any]
-HANDLERS: dict[str, Handler] = {}
+HANDLERS, _on = handler_registry()
 
 
-def _on(*keys: str) -> Callable[[Handler], Handler]:
-    def deco(fn: Handler) -> Handler:
-        for k in keys:
-            HANDLERS[k] = fn
-        return fn
-    return deco
 
 
 def _tensor(v: Any, what: str = "operand") -> Value:

@@ -12,7 +12,7 @@ import numpy as np
 
 from kiln.ir import Dim, TensorType
 from kiln.ops.base import OpDef, ShapeError, describe, register, same_float_dtype
-from kiln.ops.elementwise import EwInstr, check_epilogue_inputs, eval_program
+from kiln.ops.elementwise import EwInstr, apply_epilogue, check_epilogue_inputs
 
 
 def _pair(name: str, value: tuple[int, ...], minimum: int) -> None:
@@ -110,13 +110,7 @@ class Conv2d(OpDef):
                     xs = patch[..., gi * cg:(gi + 1) * cg]
                     ws = w[gi * og:(gi + 1) * og, i, j, :]
                     out[..., gi * og:(gi + 1) * og] += xs @ ws.T
-        rest = inputs[2:]
-        if attrs.has_bias:
-            out = out + rest[0]
-            rest = rest[1:]
-        if attrs.epilogue:
-            out = np.broadcast_to(eval_program(attrs.epilogue, [out, *rest]), out.shape).copy()
-        return [out]
+        return [apply_epilogue(out, inputs[2:], attrs.has_bias, attrs.epilogue)]
 
 
 @dataclass(frozen=True)

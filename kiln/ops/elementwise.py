@@ -136,3 +136,15 @@ def check_epilogue_inputs(kind: str, out: TensorType, extras: list[TensorType], 
     for extra in rest:
         if broadcast_shapes([out.shape, extra.shape]) != out.shape:
             raise ShapeError(f"{kind}: epilogue input {extra} does not broadcast to the output {out}")
+
+
+def apply_epilogue(acc: np.ndarray, extras: list[np.ndarray], has_bias: bool,
+                   epilogue: tuple[EwInstr, ...]) -> np.ndarray:
+    """Reference of a GEMM-like op's tail: + bias, then the epilogue program (value 0 is the accumulator)."""
+    rest = extras
+    if has_bias:
+        acc = acc + rest[0]
+        rest = rest[1:]
+    if epilogue:
+        acc = np.broadcast_to(eval_program(epilogue, [acc, *rest]), acc.shape).copy()
+    return acc

@@ -7,7 +7,7 @@ import numpy as np
 
 from kiln.ir import TensorType
 from kiln.ops.base import OpDef, ShapeError, broadcast_shapes, describe, register, same_float_dtype
-from kiln.ops.elementwise import EwInstr, check_epilogue_inputs, eval_program
+from kiln.ops.elementwise import EwInstr, apply_epilogue, check_epilogue_inputs
 
 
 @dataclass(frozen=True)
@@ -45,13 +45,7 @@ class Linear(OpDef):
     def reference(self, inputs: list[np.ndarray], attrs: LinearAttrs) -> list[np.ndarray]:
         x, w = inputs[0], inputs[1]
         acc = x @ w.T
-        rest = inputs[2:]
-        if attrs.has_bias:
-            acc = acc + rest[0]
-            rest = rest[1:]
-        if attrs.epilogue:
-            acc = np.broadcast_to(eval_program(attrs.epilogue, [acc, *rest]), acc.shape).copy()
-        return [acc]
+        return [apply_epilogue(acc, inputs[2:], attrs.has_bias, attrs.epilogue)]
 
 
 @dataclass(frozen=True)
