@@ -6,7 +6,7 @@
 #                                    farm-built artifact in .gpu/ if carried
 #   bash bench/gpu_check.sh attention   bench/attention_sm90.py
 #   bash bench/gpu_check.sh models      bench/models.py (ResNet-50, BERT-base)
-#   bash bench/gpu_check.sh tune        bench/tune_bert.py (profiled vs heuristic configs)
+#   bash bench/gpu_check.sh tune        bench/tune.py (profile picks only; MODELS_ARGS=--profile times them)
 #   bash bench/gpu_check.sh gemm        bench/gemm_sm90.py
 # .gpu/REVISION (gitignored) names the commit under test: the device copy has no git history.
 # CUTLASS headers: carry .cutlass (a copy of the nvidia-cutlass wheel's source/).
@@ -14,6 +14,8 @@
 set -uo pipefail
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 [ -d .cutlass/include ] && export KILN_CUTLASS_DIR="$PWD/.cutlass"
+# Objects compiled beforehand on a CPU box (bench/tune.py --prepare), carried in .gpu/objects.
+[ -d .gpu/objects ] && export KILN_OBJECT_CACHE="$PWD/.gpu/objects"
 OUT="${OUT:-bench/results/gpu}"
 mkdir -p "$OUT"
 status=0
@@ -36,7 +38,7 @@ for stage in "${@:-tests}"; do
       timeout "${MODELS_TIMEOUT:-560}" python3 bench/models.py ${MODELS_ARGS:-} --out "$OUT/models.json" 2>&1 \
         | tee "$OUT/models.log" || status=1 ;;
     tune)
-      timeout 560 python3 bench/tune_bert.py --out "$OUT/tune_bert.json" 2>&1 | tee "$OUT/tune_bert.log" || status=1 ;;
+      timeout 560 python3 bench/tune.py ${TUNE_ARGS:-} --out "$OUT/picks.json" 2>&1 | tee "$OUT/tune.log" || status=1 ;;
     gemm)
       timeout 300 python3 bench/gemm_sm90.py --compile --out "$OUT/gemm_sm90.json" 2>&1 | tee "$OUT/gemm_sm90.log" || status=1 ;;
     *) echo "unknown stage $stage"; status=2 ;;

@@ -113,8 +113,20 @@ def bench_model(name: str, args: argparse.Namespace, peak: float, workdir: Path)
     graph = kiln.from_torch(model16, example, dynamic_shapes=dyn, name=name)
     import_s = time.time() - t0
     t0 = time.time()
-    built = lb.build_local(graph, "cuda:sm90", workdir / name, jobs=args.jobs)
+    heuristic = lb.build_local(graph, "cuda:sm90", workdir / name, jobs=args.jobs)
     build_s = time.time() - t0
+    built, tuning = heuristic, None
+    if args.profile:
+        from bench.tune import profile
+
+        t0 = time.time()
+        picks, tuning = profile(graph, args.jobs, workdir / f"{name}.profile")
+        tuning["profile_total_s"] = round(time.time() - t0, 1)
+        # The second compile: every pick known, every object cached, no profiler runs.
+        t0 = time.time()
+        built = lb.build_local(graph, "cuda:sm90", workdir / f"{name}.profiled", picks, jobs=args.jobs)
+        tuning["second_compile_s"] = round(time.time() - t0, 1)
+        tuning["picks"] = picks
     kernels = [c.spec.op for c in built.plan.calls]
     impls = {}
     for c in built.plan.calls:
@@ -124,7 +136,8 @@ def bench_model(name: str, args: argparse.Namespace, peak: float, workdir: Path)
     result: dict[str, Any] = {"model": name, "import_s": round(import_s, 1), "build_s": round(build_s, 1),
                               "kernels": len(kernels), "kernel_impls": impls,
                               "arena_mib": built.plan.arena_bytes / 2**20,
-                              "activations_sum_mib": built.plan.activation_bytes_total / 2**20, "rows": []}
+                              "activations_sum_mib": built.plan.activation_bytes_total / 2**20, "rows": [],
+                              "profiled": tuning is not None, "tuning": tuning}
     # Correctness on fresh inputs against float64 (small batch: NumPy float64 is slow).
     check_batch = 2
     feeds_t = tuple(t.half() if t.is_floating_point() else t for t in inputs(check_batch, seed=123))
@@ -137,6 +150,7 @@ def bench_model(name: str, args: argparse.Namespace, peak: float, workdir: Path)
         torch_out = model16.cuda()(*(t.cuda() for t in feeds_t)).float().cpu().numpy()
     result["rel_err_kiln_vs_fp64"] = lb.rel_err(got, ref)
     result["rel_err_torch_fp16_vs_fp64"] = lb.rel_err(torch_out, ref)
+    heuristic_model = Model(heuristic.dir) if tuning is not None else None
     print(f"{name}: import {import_s:.0f} s, build {build_s:.0f} s, {len(kernels)} kernels {impls}, "
           f"rel err kiln {result['rel_err_kiln_vs_fp64']:.2e} torch-fp16 {result['rel_err_torch_fp16_vs_fp64']:.2e}",
           flush=True)
@@ -163,6 +177,14 @@ def bench_model(name: str, args: argparse.Namespace, peak: float, workdir: Path)
             torch.cuda.current_stream().wait_stream(stream)
 
         row: dict[str, Any] = {"batch": batch, "kiln_ms": timed(kiln_run)}
+        if heuristic_model is not None:
+            y2 = torch.empty_like(y)
+
+            def heuristic_run(feeds=feeds, y=y2):
+                with torch.cuda.stream(stream):
+                    heuristic_model.run(feeds, out={out_name: y}, graph=True)
+                torch.cuda.current_stream().wait_stream(stream)
+            row["kiln_heuristic_ms"] = timed(heuristic_run)
         with torch.no_grad():
             row["eager_ms"] = timed(lambda xs=xs_torch: model16(*xs))
             for mode, fn in compiled.items():
@@ -175,16 +197,19 @@ def bench_model(name: str, args: argparse.Namespace, peak: float, workdir: Path)
         row["gflops"] = flops / 1e9
         row["floor_ms"] = flops / (peak * 1e12) * 1e3
         row["kiln_fraction_of_floor"] = row["floor_ms"] / row["kiln_ms"]
-        peers = {k: v for k, v in row.items() if k.endswith("_ms") and k not in ("kiln_ms", "floor_ms")}
+        peers = {k: v for k, v in row.items() if k.endswith("_ms") and not k.startswith("kiln") and k != "floor_ms"}
         best = min(peers, key=peers.get)
         row["best_peer"], row["speedup_vs_best_peer"] = best, peers[best] / row["kiln_ms"]
         result["rows"].append(row)
         if batch == args.breakdown_batch or (args.breakdown_batch == -1 and batch == BATCHES[name][-1]):
             result["breakdown"] = kernel_breakdown(built, m, feeds, out_name, y, batch)
         print(f"  batch {batch:4d}: kiln {row['kiln_ms']:.3f} ms  "
+              + (f"(heuristic {row['kiln_heuristic_ms']:.3f})  " if "kiln_heuristic_ms" in row else "")
               + "  ".join(f"{k[:-3]} {v:.3f}" for k, v in peers.items())
               + f"  floor {row['floor_ms']:.3f} ({row['kiln_fraction_of_floor']:.0%})", flush=True)
     m.close()
+    if heuristic_model is not None:
+        heuristic_model.close()
     return result
 
 
@@ -233,6 +258,8 @@ def main() -> None:
     p.add_argument("--models", default="resnet50,bert_base")
     p.add_argument("--compile-modes", default="default", help="comma list of torch.compile modes ('' for none)")
     p.add_argument("--jobs", type=int, default=16)
+    p.add_argument("--profile", action="store_true",
+                   help="profile every GEMM/conv/attention candidate first (bench/tune.py); time both builds")
     p.add_argument("--breakdown-batch", type=int, default=-1, help="batch of the per-kernel breakdown (-1: largest)")
     args = p.parse_args()
     args.compile_modes = [m for m in args.compile_modes.split(",") if m]

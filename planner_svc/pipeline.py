@@ -20,6 +20,7 @@ from planner_svc.passes import (
     fuse_qkv_projections,
     fuse_residual_layernorm,
     matmul_to_linear,
+    pointwise_convs_to_linear,
     remove_noops,
 )
 
@@ -40,6 +41,8 @@ PASSES: tuple[tuple[str, Pass, str], ...] = (
     ("fuse_qkv", fuse_qkv_projections, "Q, K and V projections of one input are one GEMM"),
     ("fuse_elementwise", fuse_elementwise_chains, "one pass over memory for a chain of pointwise ops"),
     ("fuse_gemm_epilogue", fuse_gemm_epilogues, "apply pointwise work to the GEMM accumulator in registers"),
+    ("pointwise_conv", pointwise_convs_to_linear,
+     "a 1x1 stride-1 conv over NHWC is a GEMM, which gets the persistent sm90 schedules conv lacks"),
     ("fuse_residual_layernorm", fuse_residual_layernorm,
      "a residual add no GEMM took is read by its layernorm: one kernel, the sum never stored"),
     ("align_channels", align_conv_channels, "a 3-channel conv input padded to 8 takes the Tensor Core path"),

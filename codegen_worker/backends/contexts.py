@@ -150,14 +150,18 @@ def _pad(b: Any, spec: KernelSpec) -> Context:
 
 @context_for("concat")
 def _concat(b: Any, spec: KernelSpec) -> Context:
-    """Each input is [OUTER, inner_j]; the output is [OUTER, OUT_INNER] with input j at column offset_j."""
+    """Each input is [OUTER, inner_j]; the output is [OUTER, OUT_INNER] with input j at column offset_j.
+    An input broadcast over OUTER (its dims before the axis all 1) repeats its one row: row stride 0."""
     axis = spec.attrs.axis
     out = spec.outputs[0]
     pieces, offset = [], 0
     tail = cexpr.numel_expr(out.shape[axis + 1:])
     for j, t in enumerate(spec.inputs):
         width = t.shape[axis]
-        pieces.append({"arg": j, "inner": f"INT64_C({width}) * ({tail})", "offset": f"INT64_C({offset}) * ({tail})"})
+        inner = f"INT64_C({width}) * ({tail})"
+        broadcast = t.shape[:axis] != out.shape[:axis]
+        pieces.append({"arg": j, "inner": inner, "offset": f"INT64_C({offset}) * ({tail})",
+                       "row_stride": "INT64_C(0)" if broadcast else inner})
         offset += width
     return {"OUTER": cexpr.numel_expr(out.shape[:axis]), "OUT_INNER": f"INT64_C({offset}) * ({tail})",
             "pieces": pieces}

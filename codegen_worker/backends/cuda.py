@@ -65,7 +65,7 @@ class CudaBackend(GpuBackend):
 
     def fits(self, spec: KernelSpec, target: Target, config: dict[str, Any]) -> bool:
         if config.get("impl") == "cutlass_sm90":
-            return self._cutlass(spec, target)
+            return self._cutlass(spec, target) and cutlass_sm90.worth_trying(spec, config)
         return super().fits(spec, target, config)
 
     def render_kernel(self, spec: KernelSpec, config: dict[str, Any], fn: str) -> str:
@@ -90,6 +90,11 @@ def _cutlass_root() -> Path:
 def _cutlass_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
+    # A header copy (KILN_CUTLASS_DIR, e.g. on a GPU box without the wheel) names its
+    # version in VERSION, so objects built there get the same keys as here.
+    override = os.environ.get("KILN_CUTLASS_DIR")
+    if override and (Path(override) / "VERSION").is_file():
+        return (Path(override) / "VERSION").read_text().strip()
     try:
         return version("nvidia-cutlass")
     except PackageNotFoundError:

@@ -27,6 +27,8 @@ CANDIDATES = [
     {"impl": "cutlass_sm90", "tile": [128, 256, 64], "cluster": [1, 1], "schedule": "cooperative"},
     {"impl": "cutlass_sm90", "tile": [128, 128, 64], "cluster": [2, 1], "schedule": "cooperative"},
     {"impl": "cutlass_sm90", "tile": [64, 128, 64], "cluster": [1, 1], "schedule": "pingpong"},
+    # Narrow outputs (ResNet's 64-channel pointwise convs run as GEMMs): half the waste of 128.
+    {"impl": "cutlass_sm90", "tile": [128, 64, 64], "cluster": [1, 1], "schedule": "cooperative"},
 ]
 # Implicit-GEMM conv: N is the output channels (64..2048 in ResNets), so narrower
 # tiles matter. CUTLASS 4.2 has only the non-persistent warp-specialized
@@ -42,6 +44,15 @@ CONV_CANDIDATES = [
     {"impl": "cutlass_sm90", "tile": [128, 256, 64], "cluster": [1, 1], "schedule": "ws"},
     {"impl": "cutlass_sm90", "tile": [128, 128, 64], "cluster": [2, 1], "schedule": "ws"},
 ]
+
+
+def worth_trying(spec: KernelSpec, config: dict[str, Any]) -> bool:
+    """Prune before compiling: a tile wider than the output's N (rounded up to 64)
+    only computes padding. The default tile always stays: it is the fallback."""
+    n = spec.outputs[0].shape[-1]
+    if not isinstance(n, int) or config == defaults(spec)[0]:
+        return True
+    return config["tile"][1] <= max(128, -(-n // 64) * 64)
 
 
 def defaults(spec: KernelSpec) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -55,12 +55,16 @@ class OnnxImporter:
         self.refusals = Refusals()
         self.env: dict[str, Value | None] = {}
         self.poisoned: set[str] = set()
+        self.float64: set[str] = set()  # float64 initializers: only an explicit Cast may read them
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
 
     def run(self) -> Graph:
         g = self.model.graph
         for init in g.initializer:
-            self.env[init.name] = const_value(numpy_helper.to_array(init), init.name)
+            data = numpy_helper.to_array(init)
+            self.env[init.name] = const_value(data, init.name)
+            if data.dtype == np.float64:
+                self.float64.add(init.name)
         self._inputs([i for i in g.input if i.name not in self.env])
         for node in g.node:
             for name in node.input:
@@ -109,6 +113,11 @@ class OnnxImporter:
                 self.refusals.add(key, where)
             return
         try:
+            wide = [n for n in node.input if n in self.float64]
+            if wide and node.op_type != "Cast":
+                # Kiln has no float64; narrowing it here would approximate the model.
+                raise Refusal(f"input {wide[0]!r} is a float64 initializer: export in float32 "
+                              "(e.g. model.float()) or Cast it in the graph")
             inputs = [self.env[n] if n else None for n in node.input]
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
             outs = self._fold(node, inputs)
@@ -198,6 +207,24 @@ def _size(imp, node, inputs, attrs) -> list:
 def _np_or_sym(fn: Callable[..., np.ndarray], *arrays: np.ndarray) -> Value:
     out = fn(*arrays)
     return _from_data(np.asarray(out, dtype=object) if any(_symbolic(a) for a in arrays) else np.asarray(out), "shape")
+
+
+@_on("Equal")
+def _equal(imp, node, inputs, attrs) -> list:
+    # Shape arithmetic only (torch's expand(-1) export tests each dim against -1); an
+    # IntVar is >= 1, so it never equals a negative constant. Kiln has no compare op.
+    a, b = inputs
+    if not (a.is_const and b.is_const):
+        raise Refusal("Equal of computed tensors (only shape arithmetic is folded)")
+    return [_from_data(np.asarray(np.equal(a.data, b.data), dtype=bool), node.output[0])]
+
+
+@_on("Where")
+def _where(imp, node, inputs, attrs) -> list:
+    cond, x, y = inputs
+    if not (cond.is_const and x.is_const and y.is_const):
+        raise Refusal("Where of computed tensors (only shape arithmetic is folded)")
+    return [_np_or_sym(lambda c, a, b: np.where(c.astype(bool), a, b), cond.data, x.data, y.data)]
 
 
 @_on("Gather")
@@ -377,6 +404,15 @@ def _expand(imp, node, inputs, attrs) -> list:
         # Every user broadcasts by itself (the binary op checks the shapes agree).
         if all(s == 1 or x.rank - len(shape) + i < 0 or x.shape[x.rank - len(shape) + i] in (1, s)
                for i, s in enumerate(shape)):
+            return [x]
+    consumers = imp.consumers.get(node.output[0], [])
+    if consumers and all(n.op_type in _BINARY or n.op_type == "Concat" for n in consumers) and len(shape) == x.rank:
+        # A concat repeats an input whose dims before its axis are 1 (ViT's class
+        # token); the expand may only grow those dims, never the axis or later ones.
+        axes = [next(a.i for a in n.attribute if a.name == "axis") % x.rank
+                for n in consumers if n.op_type == "Concat"]
+        if all(x.shape[i] == 1 for a in axes for i in range(a)) and all(
+                s == 1 or s == x.shape[i] for a in axes for i, s in enumerate(shape) if i >= a):
             return [x]
     if any(isinstance(s, IntVar) for s in shape):
         raise Refusal("Expand to a symbolic shape feeding a non-broadcasting op")

@@ -227,6 +227,9 @@ class TorchImporter:
 
     def _check(self, node: torch.fx.Node, v: Value) -> None:
         want = self.out_type(node)
+        if str(node.target) == "aten.expand.default" and v.type.dtype == want.dtype and v.rank == want.rank and all(
+                a in (1, b) for a, b in zip(v.type.shape, want.shape, strict=True)):
+            return  # left unexpanded on purpose: every user broadcasts (see _expand)
         if v.type != want:
             raise Refusal(f"Kiln's result {v.type} differs from PyTorch's {want}")
 
@@ -322,8 +325,9 @@ def _expand(imp: TorchImporter, node, x, size, implicit=False) -> Value:
     x = _tensor(x)
     users = {str(u.target) for u in node.users}
     elementwise = {f"aten.{k}.Tensor" for k in ("add", "sub", "mul", "div", "maximum", "minimum", "pow")}
-    if users and users <= elementwise | {"aten.matmul.default"}:
-        # Every user broadcasts by itself; the post-check on the user's shape guards this.
+    if users and users <= elementwise | {"aten.matmul.default", "aten.cat.default"}:
+        # Every user broadcasts by itself (concat over dims before its axis); the
+        # post-check on the user's shape guards this.
         return x
     raise Refusal("expand of a computed tensor whose user does not broadcast (Kiln has no broadcast-copy op)")
 

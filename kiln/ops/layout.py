@@ -98,22 +98,28 @@ class Concat(OpDef):
         first = inputs[0]
         if not 0 <= attrs.axis < first.rank:
             raise ShapeError(f"concat: axis {attrs.axis} is out of range for {first}")
+        # An input whose dims before the axis are all 1 is repeated along them (ViT's
+        # class token before a batch of patches): torch's expand-then-cat, no copy made.
+        outer = next((t.shape[:attrs.axis] for t in inputs if any(d != 1 for d in t.shape[:attrs.axis])),
+                     first.shape[:attrs.axis])
         total = 0
         for t in inputs:
             if t.dtype != first.dtype or t.rank != first.rank:
                 raise ShapeError(f"concat: inputs must share dtype and rank, got {first} and {t}")
-            if any(a != b for i, (a, b) in enumerate(zip(t.shape, first.shape, strict=True)) if i != attrs.axis):
-                raise ShapeError(f"concat: {t} and {first} differ outside axis {attrs.axis}")
+            if t.shape[attrs.axis + 1:] != first.shape[attrs.axis + 1:] or (
+                    t.shape[:attrs.axis] != outer and any(d != 1 for d in t.shape[:attrs.axis])):
+                raise ShapeError(f"concat: {t} and {first} differ outside axis {attrs.axis} "
+                                 f"(only an input whose dims before the axis are all 1 is broadcast)")
             d = t.shape[attrs.axis]
             if not isinstance(d, int):
                 raise ShapeError(f"concat: the concatenated axis must be static, got {describe(d)}")
             total += d
-        shape = list(first.shape)
-        shape[attrs.axis] = total
+        shape = [*outer, total, *first.shape[attrs.axis + 1:]]
         return [TensorType(first.dtype, tuple(shape))]
 
     def reference(self, inputs: list[np.ndarray], attrs: ConcatAttrs) -> list[np.ndarray]:
-        return [np.concatenate(inputs, axis=attrs.axis)]
+        outer = max((x.shape[:attrs.axis] for x in inputs), key=lambda s: int(np.prod(s)))
+        return [np.concatenate([np.broadcast_to(x, outer + x.shape[attrs.axis:]) for x in inputs], axis=attrs.axis)]
 
 
 @dataclass(frozen=True)

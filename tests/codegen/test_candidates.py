@@ -152,3 +152,13 @@ def test_gpu_profiler_builds_with_device_events(tmp_path, target_name, tool, api
         assert f"{api}{call}(" in source
     assert '"device_events"' in source and "steady_clock::now" not in source
     assert exe.stat().st_size > 0
+
+
+@pytest.mark.parametrize(("n", "widest"), [(64, 128), (128, 128), (192, 128), (768, 256)])
+def test_sm90_gemm_tiles_wider_than_the_output_are_pruned(n, widest):
+    target = get_target("cuda:sm90")
+    graph = lb.graph("narrow", lambda b: lb.add_linear(b, DType.F16, "bias", m=IntVar("batch", 1, 64), n=n, k=64))
+    (call,) = lower(run_passes(graph)[0], "cuda:sm90").calls
+    cands = get_backend("cuda").candidate_configs(call.spec, target)
+    assert cands[0]["impl"] == "cutlass_sm90" and max(c["tile"][1] for c in cands) == widest
+    assert {tuple(c["tile"]) for c in cands} >= {(128, 128, 64), (128, 64, 64)}

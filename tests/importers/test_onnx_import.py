@@ -64,6 +64,20 @@ def test_resnet18_with_batch_norm_nodes_kept(resnet18, tmp_path):
     assert rel_err(got, resnet18(x).detach().numpy()) < 1e-4
 
 
+def test_vit_matches_pytorch_with_symbolic_batch():
+    # Expand(Shape-derived batch) of the class token into a Concat: the concat repeats it.
+    torch.manual_seed(0)
+    vit = torch_models.ViT(image=32, patch=8, hidden=32, heads=2, layers=2, mlp=64, num_classes=10).eval()
+    model = export(vit, (torch.randn(2, 3, 32, 32),), 17, ["x"], {"x": {0: "batch"}, "out": {0: "batch"}})
+    assert "Expand" in {n.op_type for n in model.graph.node}
+    graph = kiln.from_onnx(model, dims={"batch": (1, 8)})
+    assert graph.inputs[0].type.shape == (IntVar("batch", 1, 8), 3, 32, 32)
+    for batch in (3, 1):
+        x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch))
+        (got,) = reference.run(graph, {"x": x.numpy()}).values()
+        assert rel_err(got, vit(x).detach().numpy()) < 1e-4
+
+
 @pytest.mark.parametrize("opset", [13, 17])
 def test_bert_encoder_matches_pytorch(bert, opset):
     # Opset 13 spells layer norm as ReduceMean/Sub/Pow/Sqrt/Div; 17 has LayerNormalization.
@@ -163,3 +177,25 @@ def test_standard_ops_match_onnx_reference():
     assert kinds["linear"] == 1 and kinds["gelu_tanh"] == 1 and kinds["softmax"] == 1
     got = reference.run(graph, feeds)["y"]
     assert rel_err(got, want) < 1e-5
+
+
+def _float64_model(cast: bool) -> onnx.ModelProto:
+    w = numpy_helper.from_array(np.linspace(-1, 1, 12).reshape(3, 4), "w64")
+    nodes = [helper.make_node("Cast", ["w64"], ["w"], to=TensorProto.FLOAT)] if cast else []
+    nodes.append(helper.make_node("MatMul", ["x", "w" if cast else "w64"], ["out"]))
+    graph = helper.make_graph(nodes, "f64", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 4])], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_float64_initializer_is_refused_not_narrowed():
+    with pytest.raises(UnsupportedOps) as info:
+        kiln.from_onnx(_float64_model(cast=False))
+    assert "MatMul (input 'w64' is a float64 initializer" in str(info.value)
+
+
+def test_float64_initializer_with_an_explicit_cast_imports():
+    graph = kiln.from_onnx(_float64_model(cast=True))
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    (got,) = reference.run(graph, {"x": x}).values()
+    assert np.allclose(got, x @ np.linspace(-1, 1, 12).reshape(3, 4).astype(np.float32), rtol=1e-6)

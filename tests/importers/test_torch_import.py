@@ -52,6 +52,24 @@ def test_resnet18_matches_pytorch_with_symbolic_batch(resnet18):
         assert rel_err(got, want) < 1e-4
 
 
+def small_vit():
+    torch.manual_seed(0)
+    return torch_models.ViT(image=32, patch=8, hidden=32, heads=2, layers=2, mlp=64, num_classes=10).eval()
+
+
+def test_vit_matches_pytorch_with_symbolic_batch():
+    # The class token is expand(batch)-ed into a concat: Kiln's concat repeats it, no copy op.
+    vit = small_vit()
+    graph = kiln.from_torch(vit, (torch.randn(2, 3, 32, 32),), dynamic_shapes=({0: Dim("batch", min=1, max=8)},))
+    assert graph.inputs[0].type.shape == (IntVar("batch", 1, 8), 3, 32, 32)
+    cat = next(op for op in graph.ops if op.kind == "concat")
+    assert infer_types(graph)[cat.inputs[0]].shape == (1, 1, 32)
+    for batch in (3, 1):
+        x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch))
+        (got,) = reference.run(graph, {"x": x.numpy()}).values()
+        assert rel_err(got, vit(x).detach().numpy()) < 1e-4
+
+
 def test_bert_encoder_matches_pytorch_with_symbolic_batch(bert):
     ids, mask = torch_models.bert_inputs(2, 16, 1000)
     batch = Dim("batch", min=1, max=8)
@@ -115,9 +133,10 @@ def test_resnet50_vit_and_bert_base_import():
     resnet50 = kiln.from_torch(torch_models.resnet50(), (torch.randn(1, 3, 224, 224),))
     assert Counter(op.kind for op in resnet50.ops)["conv2d"] == 53
     assert infer_types(resnet50)[resnet50.outputs[0]].shape == (1, 1000)
-    vit = kiln.from_torch(torch_models.vit_b16(), (torch.randn(1, 3, 224, 224),))
+    vit = kiln.from_torch(torch_models.vit_b16(), (torch.randn(2, 3, 224, 224),),
+                          dynamic_shapes=({0: Dim("batch", min=1, max=128)},))
     assert Counter(op.kind for op in vit.ops)["layernorm"] == 25
-    assert infer_types(vit)[vit.outputs[0]].shape == (1, 1000)
+    assert infer_types(vit)[vit.outputs[0]].shape == (IntVar("batch", 1, 128), 1000)
     ids, mask = torch_models.bert_inputs(2, 384, 30522)
     batch = Dim("batch", min=1, max=16)
     bert = kiln.from_torch(torch_models.bert_base(), (ids, mask), dynamic_shapes=({0: batch}, {0: batch}))

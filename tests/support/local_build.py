@@ -86,14 +86,29 @@ def merge_sources(backend: Backend, sources: Iterable[str]) -> str:
     return "\n".join(parts)
 
 
-def _compile(backend: Backend, target: Target, rk: build.RenderedKernel, workdir: Path) -> tuple[bytes, str]:
+def _disk_cache() -> Path | None:
+    """KILN_OBJECT_CACHE: a folder of objects by key, so that objects compiled on a
+    CPU machine travel to a GPU box (benches) instead of being compiled there again."""
+    d = os.environ.get("KILN_OBJECT_CACHE")
+    return Path(d) if d else None
+
+
+def compile_cached(backend: Backend, target: Target, rk: build.RenderedKernel, workdir: Path) -> tuple[bytes, str]:
     with _OBJECTS_LOCK:
         cached = _OBJECTS.get(rk.object_key)
+    disk = _disk_cache()
+    if cached is None and disk is not None and (disk / f"{rk.object_key}.o").is_file():
+        cached = (disk / f"{rk.object_key}.o").read_bytes()
     if cached is not None:
         return cached, ""
     obj, log = build.compile_source(backend, target, rk.source, workdir, rk.fn)
     with _OBJECTS_LOCK:
         _OBJECTS[rk.object_key] = obj
+    if disk is not None:
+        disk.mkdir(parents=True, exist_ok=True)
+        tmp = disk / f"{rk.object_key}.o.{os.getpid()}.{threading.get_ident()}"
+        tmp.write_bytes(obj)
+        tmp.replace(disk / f"{rk.object_key}.o")  # never a half-written object under its key
     return obj, log
 
 
@@ -134,7 +149,7 @@ def build_local(graph: Graph, target_name: str, out_dir: str | Path, configs: di
     else:
         workers = max(1, min(len(unique), jobs or os.cpu_count() or 1))
         with ThreadPoolExecutor(workers) as pool:
-            results = list(pool.map(lambda rk: _compile(backend, target, rk, work), unique))
+            results = list(pool.map(lambda rk: compile_cached(backend, target, rk, work), unique))
         objects = [obj for obj, _ in results]
         logs = [log for _, log in results]
         digests = {rk.fn: hashlib.sha256(obj).hexdigest() for rk, obj in zip(unique, objects, strict=True)}

@@ -235,6 +235,15 @@ def concat_first(dtype: DType) -> Graph:
     return b.build(b.op("concat", xs, ConcatAttrs(axis=0)))
 
 
+def concat_broadcast(dtype: DType) -> Graph:
+    # ViT's class token: one [1, 1, D] row repeated over the batch before the patches.
+    b = GraphBuilder("concat_broadcast")
+    n = batch()
+    token = _const(b, "token", (1, 1, 6), dtype, seed=5)
+    xs = [token, b.input("x", (n, 4, 6), dtype), b.input("y", (1, 2, 6), dtype)]
+    return b.build(b.op("concat", xs, ConcatAttrs(axis=1)))
+
+
 def _embedding(dtype: DType, name: str, idx_dtype: DType, idx_shape: tuple) -> Graph:
     b = GraphBuilder(name)
     table = _const(b, "table", (50, 16), dtype, seed=3)
@@ -400,6 +409,7 @@ CASES: list[tuple[str, CaseFn]] = [
     ("concat_middle", concat_middle),
     ("concat_last", concat_last),
     ("concat_first", concat_first),
+    ("concat_broadcast", concat_broadcast),
     ("embedding_int32", embedding_int32),
     ("embedding_int64", embedding_int64),
     ("cast_from_int64", cast_from_int64),
