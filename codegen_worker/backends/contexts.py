@@ -79,10 +79,14 @@ def _rows(b: Any, spec: KernelSpec) -> Context:
     # row then starts 16-byte aligned); both ops need a static row length.
     n = x.shape[-1] if x.rank else 1
     per16 = 16 // x.dtype.itemsize
+    vec = per16 if isinstance(n, int) and n % per16 == 0 else 1
+    # A row that 32 lanes hold in registers in at most 8 16-byte accesses each
+    # (2048 halves, 1024 floats) is normalised by one warp, read once.
+    chunks = -(-n // (32 * vec)) if isinstance(n, int) else 0
     return {"R": r, "C": c, "eps": repr(float(spec.attrs.eps)) if norm else "",
             "has_residual": norm and spec.attrs.has_residual,
-            "cols": n if isinstance(n, int) else None,
-            "vec": per16 if isinstance(n, int) and n % per16 == 0 else 1}
+            "cols": n if isinstance(n, int) else None, "vec": vec,
+            "warp_chunks": chunks if norm and vec > 1 and 0 < chunks <= 8 else 0}
 
 
 @context_for("conv2d")

@@ -102,3 +102,4 @@ def test_gpu_residual_layernorm_compiles(tmp_path, target_name):
     assert (built.dir / "libmodel.so").stat().st_size > 0
     source = next(iter(built.sources.values())).read_text()
     assert source.count("rr = res + row * C") == 3 * len(dtypes)  # each residual kernel reads r
+    assert source.count("_warp_kernel<<<") == 2 * len(dtypes)  # the 768-wide rows: one warp per row
