@@ -230,13 +230,29 @@ def kernel_breakdown(built: lb.LocalBuild, m: Model, feeds: dict, out_name: str,
         torch.cuda.synchronize()
     per_fn: dict[str, float] = {}
     other = 0.0
-    for e in prof.key_averages():
-        t = getattr(e, "device_time_total", 0.0) or getattr(e, "cuda_time_total", 0.0)
-        fn = next((f for f in by_fn if f in e.key), None)
-        if fn is None:
-            other += t
-        else:
-            per_fn[fn] = per_fn.get(fn, 0.0) + t
+    # CUTLASS kernels are named by their template types, not by Kiln's function, so
+    # kernels are matched to calls by launch order when each call launched one kernel.
+    try:
+        launches = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+                           and "memcpy" not in e.name.lower() and "memset" not in e.name.lower()),
+                          key=lambda e: e.time_range.start)
+    except (AttributeError, TypeError) as err:  # a torch whose events lack these fields
+        print(f"  breakdown: no launch order ({err})", flush=True)
+        launches = []
+    calls = built.plan.calls
+    if len(launches) == runs * len(calls):
+        for j, e in enumerate(launches):
+            fn = fn_of[calls[j % len(calls)].kernel]
+            per_fn[fn] = per_fn.get(fn, 0.0) + e.time_range.elapsed_us()
+    else:
+        print(f"  breakdown: {len(launches)} launches for {runs} x {len(calls)} calls: matching by name", flush=True)
+        for e in prof.key_averages():
+            t = getattr(e, "device_time_total", 0.0) or getattr(e, "cuda_time_total", 0.0)
+            fn = next((f for f in by_fn if f in e.key), None)
+            if fn is None:
+                other += t
+            else:
+                per_fn[fn] = per_fn.get(fn, 0.0) + t
     rows = []
     for fn, us in sorted(per_fn.items(), key=lambda kv: -kv[1]):
         k = by_fn[fn]
