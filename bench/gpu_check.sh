@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, run on the device machine (H100/H200) in stages,
 # each one device-tool call (a call may run 10 minutes):
-#   bash bench/gpu_check.sh tests    pytest -m gpu (every kernel kind, attention,
+#   bash bench/gpu_check.sh tests    pytest -m gpu (TESTS=files, TESTS_K=-k expression; every kernel kind, attention,
 #                                    CUTLASS GEMM/conv, runtime graph replay) + the
 #                                    farm-built artifact in .gpu/ if carried
 #   bash bench/gpu_check.sh attention   bench/attention_sm90.py
@@ -29,7 +29,7 @@ for stage in "${@:-tests}"; do
         python3 bench/check_artifact.py --dir .gpu/mlp_sm90 --model examples/mlp.py --json "$OUT/mlp_sm90.json" \
           2>&1 | tee "$OUT/mlp_sm90.log" || status=1
       fi
-      timeout "${TESTS_TIMEOUT:-500}" python3 -m pytest -q -rf -m gpu ${TESTS:-tests/gpu} -p no:cacheprovider 2>&1 \
+      timeout "${TESTS_TIMEOUT:-500}" python3 -m pytest -q -rf -m gpu ${TESTS:-tests/gpu} ${TESTS_K:+-k "$TESTS_K"} -p no:cacheprovider 2>&1 \
         | tee "$OUT/pytest_gpu.log" || status=1 ;;
     attention)
       timeout 400 python3 bench/attention_sm90.py ${ATTN_ARGS:-} --out "$OUT/attention_sm90.json" 2>&1 \

@@ -30,6 +30,7 @@ from codegen_worker.backends import get_backend
 from kiln.ir import Graph
 from kiln.plan import KernelSpec
 from kiln.targets import get_target
+from kiln.tuning import dispatch_config, profile_points
 from planner_svc.lower import lower
 from planner_svc.pipeline import run_passes
 from tests.support import local_build as lb
@@ -105,31 +106,38 @@ def profile(graph: Graph, jobs: int, work: Path, runs: int = 20) -> tuple[dict[s
     compile_s = time.time() - t0
     t0 = time.time()
 
-    def make_exe(key: str) -> Path:
-        d = work / key[:16]
-        d.mkdir(parents=True, exist_ok=True)
-        return build.build_profiler(backend, target, specs[key][0], rendered[key], objs[key], d)
+    jobs_list = [(key, i, at) for key, (spec, _) in specs.items() for i, at in enumerate(profile_points(spec))]
+
+    def make_exe(job: tuple[str, int, list[int]]) -> Path:
+        key, i, at = job
+        return build.build_profiler(backend, target, specs[key][0], rendered[key], objs[key],
+                                    work / key[:16] / str(i), at)
 
     with ThreadPoolExecutor(jobs) as pool:
-        exes = dict(zip(specs, pool.map(make_exe, specs), strict=True))
+        exes = dict(zip(((k, i) for k, i, _ in jobs_list), pool.map(make_exe, jobs_list), strict=True))
     link_s = time.time() - t0
     picks, report = {}, []
     t0 = time.time()
     for key, (spec, candidates) in specs.items():
-        results = run_all(str(exes[key]), len(candidates), runs=runs, timeout_s=120)
-        ok = [(r.median_ms, i) for i, r in enumerate(results) if r.ok]
-        best = min(ok)[1] if ok else 0
-        picks[key] = candidates[best]
-        default_ms = results[0].median_ms if results[0].ok else None
+        points = profile_points(spec)
+        bests, per_point = [], []
+        for i, at in enumerate(points):
+            results = run_all(str(exes[(key, i)]), len(candidates), runs=runs, timeout_s=120)
+            ok = [(r.median_ms, j) for j, r in enumerate(results) if r.ok]
+            best = min(ok)[1] if ok else 0
+            bests.append(candidates[best])
+            default_ms = results[0].median_ms if results[0].ok else None
+            per_point.append({"at": at, "pick": candidates[best],
+                              "candidates": [{"config": c, "ok": r.ok, "median_ms": r.median_ms, "error": r.error}
+                                             for c, r in zip(candidates, results, strict=True)],
+                              "speedup_vs_default": default_ms / results[best].median_ms if default_ms and ok else None})
+            print(f"  {spec.op:9s} {[str(t) for t in spec.inputs[:2]]} at {at}: default {default_ms} ms -> "
+                  f"{candidates[best].get('tile', candidates[best])} {results[best].median_ms:.4f} ms", flush=True)
+        picks[key] = dispatch_config(points, bests)
         report.append({"spec": key, "op": spec.op, "shapes": [str(t) for t in spec.inputs[:2]],
-                       "profiled_at": build.profile_dims(spec),
-                       "candidates": [{"config": c, "ok": r.ok, "median_ms": r.median_ms, "error": r.error}
-                                      for c, r in zip(candidates, results, strict=True)],
-                       "pick": candidates[best],
-                       "speedup_vs_default": default_ms / results[best].median_ms if default_ms and ok else None})
-        print(f"  {spec.op:9s} {report[-1]['shapes']}: default {default_ms} ms -> "
-              f"{candidates[best].get('tile', candidates[best])} {results[best].median_ms:.4f} ms", flush=True)
-    summary = {"specs": len(specs), "candidates": len(flat), "compile_s": round(compile_s, 1),
+                       "points": per_point, "config": picks[key]})
+    summary = {"specs": len(specs), "candidates": len(flat), "profilers": len(jobs_list),
+               "compile_s": round(compile_s, 1),
                "profiler_build_s": round(link_s, 1), "profile_run_s": round(time.time() - t0, 1)}
     print(f"  profiled {summary}", flush=True)
     return picks, {"summary": summary, "specs": report}

@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from codegen_worker.backends import Backend
+from codegen_worker.backends.base import template_env
 from kiln import keys
 from kiln.plan import ExecutionPlan, KernelSpec
 from kiln.targets import Target
+from kiln.tuning import DISPATCH, profile_points
 
 CONST_ALIGN = 256
 
@@ -32,14 +34,24 @@ class RenderedKernel:
     fn: str
     source: str
     object_key: str
+    # A dispatch config's kernels, one object each; `source` then only picks among them.
+    parts: tuple[RenderedKernel, ...] = ()
 
 
 def render(backend: Backend, target: Target, spec: KernelSpec, config: dict[str, Any]) -> RenderedKernel:
     backend.check(spec, target)
     fn = kernel_fn_name(spec, config)
-    source = backend.render_kernel(spec, config, fn)
+    parts: tuple[RenderedKernel, ...] = ()
+    if config.get("impl") == DISPATCH:
+        # Each range's kernel is the very object its profiling compiled (same fn, same key).
+        parts = tuple(render(backend, target, spec, case["config"]) for case in config["cases"])
+        source = template_env().get_template("common/dispatch.j2").render(
+            fn=fn, spec_key=spec.key(),
+            cases=[{"fn": part.fn, "upto": case["upto"]} for part, case in zip(parts, config["cases"], strict=True)])
+    else:
+        source = backend.render_kernel(spec, config, fn)
     okey = keys.object_key(source, backend.toolchain_version(), backend.flags(target), target.arch)
-    return RenderedKernel(fn, source, okey)
+    return RenderedKernel(fn, source, okey, parts)
 
 
 def run_compiler(what: str, cmd: list[str], env: dict[str, str] | None, timeout: float = 900) -> str:
@@ -116,21 +128,18 @@ def link(backend: Backend, target: Target, plan: ExecutionPlan, fns: dict[str, s
     return Linked(lib, weights, "".join(logs))
 
 
-def profile_dims(spec: KernelSpec) -> list[int]:
-    """The symbol values a kernel is profiled at: its range's max, capped so that
-    profiling a huge dynamic range stays quick (documented in the profile record)."""
-    return [max(s.min, min(s.max, 256)) for s in spec.symbols]
-
-
 def build_profiler(backend: Backend, target: Target, spec: KernelSpec, kernels: list[RenderedKernel],
-                   objects: list[bytes], workdir: Path) -> Path:
-    """One executable holding every candidate; `exe I` profiles candidate I."""
+                   objects: list[bytes], workdir: Path, at: list[int] | None = None) -> Path:
+    """One executable holding every candidate at one profile point (default: the
+    last, largest); `exe I` profiles candidate I."""
+    at = profile_points(spec)[-1] if at is None else at
+    workdir.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, data in enumerate(objects):
         p = workdir / f"cand{i}.o"
         p.write_bytes(data)
         paths.append(p)
-    source = backend.render_profiler(spec, [k.fn for k in kernels], profile_dims(spec))
+    source = backend.render_profiler(spec, [k.fn for k in kernels], at)
     compile_source(backend, target, source, workdir, "harness")
     exe = workdir / "profiler"
     run_compiler("linking the profiler", backend.exe_link_cmd(target, [workdir / "harness.o", *paths], exe),

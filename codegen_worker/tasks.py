@@ -26,6 +26,7 @@ from kiln.manifest import FORMAT, FileEntry, KernelEntry, Manifest, TensorSig
 from kiln.plan import ExecutionPlan, KernelSpec
 from kiln.profiledb import ProfileDB
 from kiln.targets import Target, get_target
+from kiln.tuning import dispatch_config, profile_points
 from kiln.v1 import graph_pb2
 from kiln.version import compiler_version
 from kiln.wire import type_from_pb
@@ -73,24 +74,29 @@ def register(app: Celery, settings: Settings) -> None:
         if len(candidates) == 1:
             return candidates[0], False
         toolchain = backend.toolchain_version()
-        best = pdb.best(target.device_kind, toolchain, spec.key(), candidates)
-        if best is not None:
-            jobs.emit(job_id, log=f"{kernel_id}: config {best} from the fleet profile database")
-            return best, True
+        points = profile_points(spec)
+        picks = [pdb.best(target.device_kind, toolchain, spec.key(), candidates, at) for at in points]
+        if all(p is not None for p in picks):
+            config = dispatch_config(points, picks)
+            jobs.emit(job_id, log=f"{kernel_id}: config {config} from the fleet profile database")
+            return config, True
         if not farm.workers_online(r, target.profile_queue):
             jobs.emit(job_id, log=f"{kernel_id}: no worker online for {target.profile_queue}; heuristic config")
             return candidates[0], False
         rks = [build.render(backend, target, spec, c) for c in candidates]
         objects = [store.get_bytes(compiled_object(store, r, backend, target, rk, settings.task_hard_limit_s)[0])
                    for rk in rks]
+        profilers = []
         with tempfile.TemporaryDirectory(prefix="kiln-prof-", dir=_workdir(settings)) as tmp:
-            exe = build.build_profiler(backend, target, spec, rks, objects, Path(tmp))
-            exe_digest = store.put_file(exe)
-        farm.count(r, "profilers_built")
-        jobs.emit(job_id, log=f"{kernel_id}: profiling {len(candidates)} candidates on {target.device_kind}")
+            for i, at in enumerate(points):  # one executable per point: the shapes are compiled in
+                exe = build.build_profiler(backend, target, spec, rks, objects, Path(tmp) / str(i), at)
+                profilers.append(store.put_file(exe))
+        farm.count(r, "profilers_built", len(profilers))
+        jobs.emit(job_id, log=f"{kernel_id}: profiling {len(candidates)} candidates at {len(points)} point(s) "
+                              f"on {target.device_kind}")
         app.send_task(farm.TASK_PROFILE, queue=target.profile_queue, kwargs={
             "job_id": job_id, "kernel_id": kernel_id, "spec": spec_json, "target": target.name,
-            "profiler": exe_digest, "configs": candidates, "toolchain": toolchain})
+            "profilers": profilers, "points": points, "configs": candidates, "toolchain": toolchain})
         return None, False
 
     @app.task(name=farm.TASK_KERNEL)
@@ -118,8 +124,12 @@ def register(app: Celery, settings: Settings) -> None:
                 return
             rk = build.render(backend, tgt, kspec, config)
             digest, cached = compiled_object(store, r, backend, tgt, rk, settings.task_hard_limit_s)
+            # A dispatch kernel calls one object per range: the link needs them all.
+            parts = {part.fn: compiled_object(store, r, backend, tgt, part, settings.task_hard_limit_s)[0]
+                     for part in rk.parts}
             report(job_id, kernel_id, {"fn": rk.fn, "object": digest, "object_key": rk.object_key, "config": config,
-                                       "profiled": profiled, "cached": cached, "spec_key": kspec.key()})
+                                       "profiled": profiled, "cached": cached, "spec_key": kspec.key(),
+                                       "parts": parts})
         except Exception as err:  # noqa: BLE001  (every failure must reach the job)
             fail(job_id, kernel_id, err)
 
@@ -150,6 +160,9 @@ def register(app: Celery, settings: Settings) -> None:
         chosen = {}
         for v in sorted(results.values(), key=lambda v: (v["fn"], v["object"])):
             chosen.setdefault(v["fn"], v["object"])
+        for v in sorted(results.values(), key=lambda v: (v["fn"], v["object"])):
+            for fn, obj in sorted(v.get("parts", {}).items()):
+                chosen.setdefault(fn, obj)
         objects = [store.get_bytes(obj) for obj in chosen.values()]
         with tempfile.TemporaryDirectory(prefix="kiln-link-", dir=_workdir(settings)) as tmp:
             linked = build.link(backend, tgt, plan, fns, objects, constants, Path(tmp))

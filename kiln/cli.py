@@ -166,11 +166,12 @@ def _profile_show(db: ProfileDB, prefix: str, device_kind: str | None) -> int:
     if not found:
         print(f"no profile records for spec {prefix}*" + (f" on {device_kind}" if device_kind else ""))
         return 1
-    groups: dict[tuple[str, str, str], list[dict]] = {}
-    for d in found:  # as `best` sees them: one group per device kind, kernel and toolchain
-        groups.setdefault((d["device_kind"], d["spec_key"], d["toolchain"]), []).append(d)
-    for (kind, spec_key, toolchain), recs in sorted(groups.items()):
-        print(f"{kind}  spec {spec_key}  toolchain {toolchain}")
+    groups: dict[tuple[str, str, str, tuple[int, ...]], list[dict]] = {}
+    for d in found:  # as `best` sees them: one group per device kind, kernel, toolchain and profile point
+        groups.setdefault((d["device_kind"], d["spec_key"], d["toolchain"], tuple(d.get("at", ()))), []).append(d)
+    for (kind, spec_key, toolchain, at), recs in sorted(groups.items()):
+        point = f"  at {'x'.join(map(str, at))}" if at else ""
+        print(f"{kind}  spec {spec_key}{point}  toolchain {toolchain}")
         recs.sort(key=lambda d: (not d["ok"], d["median_ms"] if d["ok"] else 0.0, json.dumps(d["config"], sort_keys=True)))
         for d in recs:
             config = json.dumps(d["config"], sort_keys=True)

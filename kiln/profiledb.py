@@ -27,10 +27,17 @@ class ProfileRecord:
     runs: int
     error: str = ""
     worker: str = ""
+    # The symbol values it ran at (one per symbol of the spec; [] for a static spec):
+    # a dynamic-batch kernel has one record per profile point and candidate.
+    at: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "at", tuple(self.at))  # JSON gives a list
 
     @property
     def key(self) -> str:
-        return keys.profile_key(self.device, self.toolchain, self.spec_key, self.config)
+        spec = self.spec_key if not self.at else f"{self.spec_key}@{','.join(map(str, self.at))}"
+        return keys.profile_key(self.device, self.toolchain, spec, self.config)
 
 
 class ProfileDB:
@@ -52,9 +59,10 @@ class ProfileDB:
         recs = [ProfileRecord(**json.loads(x)) for x in raw if x]
         return sorted(recs, key=lambda r: (not r.ok, r.median_ms))
 
-    def best(self, device_kind: str, toolchain: str, spec_key: str, configs: list[dict[str, Any]]) -> dict | None:
-        """The fastest correct config, if every candidate has been measured."""
-        recs = self.records(device_kind, toolchain, spec_key)
+    def best(self, device_kind: str, toolchain: str, spec_key: str, configs: list[dict[str, Any]],
+             at: list[int] | tuple[int, ...] = ()) -> dict | None:
+        """The fastest correct config at profile point `at`, if every candidate has been measured there."""
+        recs = [r for r in self.records(device_kind, toolchain, spec_key) if r.at == tuple(at)]
         measured = {json.dumps(r.config, sort_keys=True) for r in recs}
         if any(json.dumps(c, sort_keys=True) not in measured for c in configs):
             return None
@@ -70,7 +78,8 @@ class ProfileDB:
             raw = self.r.get(name)
             if raw:
                 out.append(json.loads(raw))
-        return sorted(out, key=lambda d: (d["device_kind"], d["spec_key"], json.dumps(d["config"], sort_keys=True)))
+        return sorted(out, key=lambda d: (d["device_kind"], d["spec_key"], d.get("at", []),
+                                          json.dumps(d["config"], sort_keys=True)))
 
     def import_records(self, records: list[dict[str, Any]]) -> int:
         for d in records:

@@ -65,6 +65,22 @@ def test_best_waits_for_every_candidate_and_skips_failures(db: ProfileDB):
     assert db.records("cpu.x86_64", TOOLCHAIN, OTHER_SPEC) == []
 
 
+def test_each_profile_point_has_its_own_records_and_pick(db: ProfileDB):
+    # A dynamic-batch kernel: small M favours one config, large M another.
+    for at, times in (((1,), (0.01, 0.02, 0.03)), ((64,), (0.9, 0.5, 0.4))):
+        for config, ms in zip(CONFIGS, times, strict=True):
+            db.put(replace(rec(config, ms), at=at))
+    assert db.best("cpu.x86_64", TOOLCHAIN, SPEC, CONFIGS, (1,)) == CONFIGS[0]
+    assert db.best("cpu.x86_64", TOOLCHAIN, SPEC, CONFIGS, [64]) == CONFIGS[2]
+    assert db.best("cpu.x86_64", TOOLCHAIN, SPEC, CONFIGS, (8,)) is None, "never profiled at 8"
+    assert db.best("cpu.x86_64", TOOLCHAIN, SPEC, CONFIGS) is None, "nor at the static point"
+    exported = db.export()
+    assert len(exported) == 6 and {tuple(d["at"]) for d in exported} == {(1,), (64,)}
+    db.r.flushdb()
+    db.import_records(exported)  # JSON lists come back as the same keys
+    assert db.best("cpu.x86_64", TOOLCHAIN, SPEC, CONFIGS, [1]) == CONFIGS[0] and len(db.export()) == 6
+
+
 def test_best_is_none_when_every_candidate_failed(db: ProfileDB):
     for c in CONFIGS:
         db.put(rec(c, 0.0, ok=False, error="timed out after 5s"))
@@ -97,7 +113,8 @@ def test_export_import_round_trip_is_exact(db: ProfileDB, tmp_path: Path, capsys
     def canon(d: dict) -> str:
         return json.dumps(d, sort_keys=True)
 
-    assert sorted(map(asdict, recs), key=canon) == sorted(db.export(), key=canon)
+    as_json = [json.loads(json.dumps(asdict(r))) for r in recs]  # tuples (at) come back as lists
+    assert sorted(as_json, key=canon) == sorted(db.export(), key=canon)
     # The indexes come back too, so `best` works on imported records.
     assert db.best("cuda.sm90", recs[3].toolchain, SPEC, [{"tile": 16}, {"tile": 32}]) == {"tile": 32}
     assert "imported 6 profile records" in capsys.readouterr().err

@@ -24,6 +24,7 @@ from kiln.jobs import JobStore
 from kiln.plan import ExecutionPlan
 from kiln.profiledb import ProfileDB
 from kiln.targets import get_target
+from kiln.tuning import profile_points
 from kiln.v1 import farm_pb2
 from tests.support.farm import Farm
 from tests.support.graphs import two_linears
@@ -69,9 +70,11 @@ def test_planted_bad_candidates_fail_alone_and_the_good_config_is_built(farm: Fa
     workers = {name: farm.procs[name].pid for name in ("profile-cpu-1", "profile-cpu-2")}
     runs_before = farm.stats().get("profiles_run", 0)
 
+    # One planted profiler at the largest profile point: the pick is made from it alone.
+    at = profile_points(call.spec)[-1]
     planted = app.send_task(kfarm.TASK_PROFILE, queue="profile.cpu.x86_64", kwargs={
         "job_id": job.id, "kernel_id": call.kernel, "spec": call.spec.to_json(), "target": "cpu",
-        "profiler": store.put_file(exe), "configs": configs, "toolchain": toolchain})
+        "profilers": [store.put_file(exe)], "points": [at], "configs": configs, "toolchain": toolchain})
     farm.start("codegen-cpu", "codegen_worker", "--queues", "codegen.cpu")
     events: list[farm_pb2.JobEvent] = []
     done = client.wait(job.id, on_event=events.append, timeout_s=120)
@@ -92,7 +95,7 @@ def test_planted_bad_candidates_fail_alone_and_the_good_config_is_built(farm: Fa
     assert "timed out after 5s" in got[1].error
     assert "SIGSEGV" in got[2].error
     assert "no JSON" in got[3].error
-    assert db.best("cpu.x86_64", toolchain, call.spec.key(), configs) == configs[FAST]
+    assert db.best("cpu.x86_64", toolchain, call.spec.key(), configs, at) == configs[FAST]
 
     # The hung candidate's whole process group is gone, and both profile workers live on.
     assert wait_gone(int(pid_file.read_text()))
@@ -105,6 +108,7 @@ def test_planted_bad_candidates_fail_alone_and_the_good_config_is_built(farm: Fa
     farm.kill(next(name for name in workers if name != survivor))
     later = client.compile(two_linears(28, 36, 10, "after_planted"), "cpu", profile=True)
     assert later.state == farm_pb2.SUCCEEDED, later.error
-    assert farm.stats()["profiles_run"] - runs_before == 5 + 2 * 5
+    points = len(profile_points(call.spec))  # batch 1..16: profiled at 1, 4 and 16
+    assert points == 3 and farm.stats()["profiles_run"] - runs_before == 5 + 2 * 5 * points
     assert farm.log(survivor).split(done_line, 1)[1].count("profile.run[") >= 4  # 2 x (received, succeeded)
     assert farm.procs[survivor].poll() is None

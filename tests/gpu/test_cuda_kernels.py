@@ -26,6 +26,7 @@ from kiln.ops import BINARY, UNARY
 from kiln.runtime import Model, RunError
 from kiln.shapes import infer_types
 from kiln.targets import get_target
+from kiln.tuning import profile_points
 from planner_svc.lower import lower
 from planner_svc.pipeline import run_passes
 from profile_worker.runner import run_all
@@ -250,7 +251,7 @@ def test_profiler_runs_every_candidate(tmp_path, dtype):
     work.mkdir()
     exe = build.build_profiler(backend, target, spec, kernels, objects, work)
     results = run_all(str(exe), len(candidates), runs=20, timeout_s=120)
-    print(f"\nprofiler {dtype.value} linear M={build.profile_dims(spec)} N=768 K=512 (+bias, gelu)")
+    print(f"\nprofiler {dtype.value} linear M={profile_points(spec)[-1]} N=768 K=512 (+bias, gelu)")
     print(f"  {'#':>2}  {'config':<14} {'ok':<5} {'median_ms':>10}  error")
     for cfg, r in zip(candidates, results, strict=True):
         print(f"  {r.index:>2}  {str(cfg):<14.60} {str(r.ok):<5} {r.median_ms:>10.4f}  {r.error}")

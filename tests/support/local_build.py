@@ -137,7 +137,8 @@ def build_local(graph: Graph, target_name: str, out_dir: str | Path, configs: di
         rendered[call.kernel] = build.render(backend, target, call.spec, cfg)
         used[call.kernel] = cfg
     fns = {k: rk.fn for k, rk in rendered.items()}
-    unique = list({rk.fn: rk for rk in rendered.values()}.values())  # one object per fn, or the link sees duplicates
+    # One object per fn, or the link sees duplicates; a dispatch kernel brings one per range.
+    unique = list({k.fn: k for rk in rendered.values() for k in (rk, *rk.parts)}.values())
     sources = {k: work / f"{rk.fn}{backend.source_suffix}" for k, rk in rendered.items()}
 
     if single_tu:
