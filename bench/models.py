@@ -122,7 +122,8 @@ def bench_model(name: str, args: argparse.Namespace, peak: float, workdir: Path)
         from bench.tune import profile
 
         t0 = time.time()
-        picks, tuning = profile(graph, args.jobs, workdir / f"{name}.profile")
+        known = json.loads(Path(args.picks).read_text()).get(name, {}) if args.picks else {}
+        picks, tuning = profile(graph, args.jobs, workdir / f"{name}.profile", known=known)
         tuning["profile_total_s"] = round(time.time() - t0, 1)
         # The second compile: every pick known, every object cached, no profiler runs.
         t0 = time.time()
@@ -276,6 +277,7 @@ def main() -> None:
     p.add_argument("--models", default="resnet50,bert_base")
     p.add_argument("--compile-modes", default="default", help="comma list of torch.compile modes ('' for none)")
     p.add_argument("--jobs", type=int, default=16)
+    p.add_argument("--picks", default="", help="JSON {model: {spec key: config}} of an earlier run: not profiled again")
     p.add_argument("--batches", default="", help="comma list replacing every model's batch sizes")
     p.add_argument("--profile", action="store_true",
                    help="profile every GEMM/conv/attention candidate first (bench/tune.py); time both builds")

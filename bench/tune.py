@@ -92,12 +92,15 @@ def prepare(names: list[str], jobs: int) -> None:
     print(f"prepared in {time.time() - t0:.0f} s", flush=True)
 
 
-def profile(graph: Graph, jobs: int, work: Path, runs: int = 20) -> tuple[dict[str, dict], dict[str, Any]]:
-    """(spec key -> picked config, report) for every spec of graph with candidates."""
+def profile(graph: Graph, jobs: int, work: Path, runs: int = 20,
+            known: dict[str, dict] | None = None) -> tuple[dict[str, dict], dict[str, Any]]:
+    """(spec key -> picked config, report) for every spec of graph with candidates;
+    specs in `known` (picks of an earlier run on the same card) keep their pick unprofiled."""
     backend, target = get_backend("cuda"), get_target(TARGET)
     from profile_worker.runner import run_all
 
-    specs = tuned_specs(graph)
+    known = known or {}
+    specs = {k: v for k, v in tuned_specs(graph).items() if k not in known}
     rendered = {key: [build.render(backend, target, spec, c) for c in cands] for key, (spec, cands) in specs.items()}
     t0 = time.time()
     flat = [rk for rks in rendered.values() for rk in rks]
@@ -116,7 +119,7 @@ def profile(graph: Graph, jobs: int, work: Path, runs: int = 20) -> tuple[dict[s
     with ThreadPoolExecutor(jobs) as pool:
         exes = dict(zip(((k, i) for k, i, _ in jobs_list), pool.map(make_exe, jobs_list), strict=True))
     link_s = time.time() - t0
-    picks, report = {}, []
+    picks, report = {k: v for k, v in known.items() if k in tuned_specs(graph)}, []
     t0 = time.time()
     for key, (spec, candidates) in specs.items():
         points = profile_points(spec)
@@ -136,7 +139,8 @@ def profile(graph: Graph, jobs: int, work: Path, runs: int = 20) -> tuple[dict[s
         picks[key] = dispatch_config(points, bests)
         report.append({"spec": key, "op": spec.op, "shapes": [str(t) for t in spec.inputs[:2]],
                        "points": per_point, "config": picks[key]})
-    summary = {"specs": len(specs), "candidates": len(flat), "profilers": len(jobs_list),
+    summary = {"specs": len(specs), "reused_picks": len(picks) - len(specs), "candidates": len(flat),
+               "profilers": len(jobs_list),
                "compile_s": round(compile_s, 1),
                "profiler_build_s": round(link_s, 1), "profile_run_s": round(time.time() - t0, 1)}
     print(f"  profiled {summary}", flush=True)

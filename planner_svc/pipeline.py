@@ -9,7 +9,6 @@ from kiln.plan import ExecutionPlan
 from kiln.shapes import infer_types
 from planner_svc.passes import (
     absorb_bias_adds,
-    align_conv_channels,
     eliminate_common_subexpressions,
     eliminate_dead_code,
     fold_batchnorm,
@@ -22,6 +21,7 @@ from planner_svc.passes import (
     matmul_to_linear,
     pointwise_convs_to_linear,
     remove_noops,
+    thin_convs_to_gemm,
 )
 
 Pass = Callable[[Graph], Graph]
@@ -43,9 +43,10 @@ PASSES: tuple[tuple[str, Pass, str], ...] = (
     ("fuse_gemm_epilogue", fuse_gemm_epilogues, "apply pointwise work to the GEMM accumulator in registers"),
     ("pointwise_conv", pointwise_convs_to_linear,
      "a 1x1 stride-1 conv over NHWC is a GEMM, which gets the persistent sm90 schedules conv lacks"),
+    ("thin_conv_im2col", thin_convs_to_gemm,
+     "a conv over few channels wastes most of an implicit GEMM's K tile: gather the taps, run a dense GEMM"),
     ("fuse_residual_layernorm", fuse_residual_layernorm,
      "a residual add no GEMM took is read by its layernorm: one kernel, the sum never stored"),
-    ("align_channels", align_conv_channels, "a 3-channel conv input padded to 8 takes the Tensor Core path"),
     ("dce_after_fusion", eliminate_dead_code, "fusion can orphan constants"),
 )
 

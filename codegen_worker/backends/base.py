@@ -192,7 +192,7 @@ class Backend:
 
 # GPU ops whose only tuning knob is the threads per block.
 GPU_BLOCK_OPS = ("conv2d", "pool2d", "reduce_sum", "reduce_mean", "reduce_max", "permute", "slice", "concat",
-                 "embedding", "cast", "copy", "matmul", "pad")
+                 "embedding", "cast", "copy", "matmul", "pad", "im2col")
 
 
 class GpuBackend(Backend):

@@ -143,6 +143,17 @@ def _slice(b: Any, spec: KernelSpec) -> Context:
             "base": base, "numel_out": cexpr.numel_expr(out.shape)}
 
 
+@context_for("im2col")
+def _im2col(b: Any, spec: KernelSpec) -> Context:
+    x, out = spec.inputs[0], spec.outputs[0]
+    a = spec.attrs
+    _, h, w, c = x.shape
+    return {"H": h, "W": w, "C": c, "OH": out.shape[1], "OW": out.shape[2], "KH": a.kernel[0], "KW": a.kernel[1],
+            "SH": a.stride[0], "SW": a.stride[1], "PT": a.pads[0], "PL": a.pads[1], "DH": a.dilation[0],
+            "DW": a.dilation[1], "K": a.cols, "KC": a.kernel[0] * a.kernel[1] * c,
+            "numel_out": cexpr.numel_expr(out.shape)}
+
+
 @context_for("pad")
 def _pad(b: Any, spec: KernelSpec) -> Context:
     """out[i] = in[sum_k (coord_k(i) - before_k) * in_strides[k]] when every coord lands inside, else 0."""

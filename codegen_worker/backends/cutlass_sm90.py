@@ -36,6 +36,7 @@ CANDIDATES = [
 CONV_SCHEDULES = {
     "ws": ("cutlass::conv::KernelImplicitTmaWarpSpecializedSm90", "cutlass::epilogue::TmaWarpSpecialized"),
 }
+MAX_FILTER = 7  # the largest filter side run on a GPU through the TMA im2col conv
 CONV_DEFAULT = {"impl": "cutlass_sm90", "tile": [128, 128, 64], "cluster": [1, 1], "schedule": "ws"}
 CONV_CANDIDATES = [
     CONV_DEFAULT,
@@ -91,6 +92,8 @@ def plan_for(spec: KernelSpec) -> EpiloguePlan | None:
     else:
         if spec.attrs.groups != 1:
             return None  # CUTLASS's sm90 implicit GEMM has no grouped conv
+        if max(spec.inputs[1].shape[1:3]) > MAX_FILTER:
+            return None  # a 16x16 filter (ViT's patches, 8 channels) failed to launch on an H200
         k, n = spec.inputs[0].shape[-1], spec.inputs[1].shape[0]  # input and output channels
     if not (isinstance(k, int) and isinstance(n, int)) or k % 8 or n % 8:
         return None  # TMA needs 16-byte aligned rows

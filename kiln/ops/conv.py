@@ -114,6 +114,52 @@ class Conv2d(OpDef):
 
 
 @dataclass(frozen=True)
+class Im2colAttrs:
+    kernel: tuple[int, ...] = (1, 1)
+    stride: tuple[int, ...] = (1, 1)
+    pads: tuple[int, ...] = (0, 0, 0, 0)  # top, left, bottom, right
+    dilation: tuple[int, ...] = (1, 1)
+    cols: int = 0  # the output's last dim: KH*KW*C, or more (zero columns up to an aligned width)
+
+
+@register
+class Im2col(OpDef):
+    """cols[n, oh, ow, (kh*KW + kw)*C + c] = x[n, oh*SH - PT + kh*DH, ow*SW - PL + kw*DW, c], 0 outside x
+    and in the columns past KH*KW*C: a conv becomes a GEMM with w.reshape(O, KH*KW*C)."""
+
+    kind = "im2col"
+    Attrs = Im2colAttrs
+
+    def check_attrs(self, attrs: Im2colAttrs) -> None:
+        _pair("kernel", attrs.kernel, 1)
+        _pair("stride", attrs.stride, 1)
+        _pair("dilation", attrs.dilation, 1)
+        _pads(attrs.pads)
+
+    def infer(self, inputs: list[TensorType], attrs: Im2colAttrs) -> list[TensorType]:
+        n, h, wd, c = _nhwc(inputs[0], "im2col")
+        kh, kw = attrs.kernel
+        if attrs.cols < kh * kw * c:
+            raise ShapeError(f"im2col: cols {attrs.cols} is fewer than KH*KW*C = {kh * kw * c}")
+        oh = out_size(h, kh, attrs.stride[0], attrs.pads[0], attrs.pads[2], attrs.dilation[0])
+        ow = out_size(wd, kw, attrs.stride[1], attrs.pads[1], attrs.pads[3], attrs.dilation[1])
+        return [TensorType(inputs[0].dtype, (n, oh, ow, attrs.cols))]
+
+    def reference(self, inputs: list[np.ndarray], attrs: Im2colAttrs) -> list[np.ndarray]:
+        x = inputs[0]
+        pt, pl, pb, pr = attrs.pads
+        xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+        (kh, kw), (sh, sw), (dh, dw) = attrs.kernel, attrs.stride, attrs.dilation
+        oh = (xp.shape[1] - dh * (kh - 1) - 1) // sh + 1
+        ow = (xp.shape[2] - dw * (kw - 1) - 1) // sw + 1
+        patches = [xp[:, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw, :]
+                   for i in range(kh) for j in range(kw)]
+        cols = np.concatenate(patches, axis=-1)
+        tail = np.zeros(cols.shape[:-1] + (attrs.cols - cols.shape[-1],), dtype=cols.dtype)
+        return [np.concatenate([cols, tail], axis=-1)]
+
+
+@dataclass(frozen=True)
 class Pool2dAttrs:
     mode: str = "max"  # max | avg
     kernel: tuple[int, ...] = (2, 2)

@@ -1,5 +1,4 @@
 """Graph -> Graph passes. Each keeps the graph's meaning (tests check with the reference)."""
-from planner_svc.passes.align_channels import align_conv_channels
 from planner_svc.passes.attention import fuse_attention
 from planner_svc.passes.canonicalize import absorb_bias_adds, matmul_to_linear
 from planner_svc.passes.cleanup import eliminate_common_subexpressions, fold_constants, remove_noops
@@ -8,10 +7,12 @@ from planner_svc.passes.fold_batchnorm import fold_batchnorm
 from planner_svc.passes.fuse_elementwise import fuse_elementwise_chains
 from planner_svc.passes.fuse_epilogue import fuse_gemm_epilogues
 from planner_svc.passes.fuse_layernorm import fuse_residual_layernorm
+from planner_svc.passes.im2col import thin_convs_to_gemm
 from planner_svc.passes.pointwise_conv import pointwise_convs_to_linear
 from planner_svc.passes.qkv import fuse_qkv_projections
 
 __all__ = ["eliminate_dead_code", "fuse_elementwise_chains", "fuse_gemm_epilogues", "fold_constants", "remove_noops",
            "eliminate_common_subexpressions", "matmul_to_linear", "absorb_bias_adds", "fold_batchnorm",
-           "fuse_attention", "fuse_qkv_projections", "align_conv_channels",
-           "fuse_residual_layernorm", "pointwise_convs_to_linear"]
+           "fuse_attention", "fuse_qkv_projections",
+           "fuse_residual_layernorm", "pointwise_convs_to_linear",
+           "thin_convs_to_gemm"]

@@ -37,7 +37,7 @@ DTYPES = [pytest.param(DType.F32, id="f32"), pytest.param(DType.F16, id="f16"), 
 # The portable conv kernel is under test here; the CUTLASS conv sm90 picks by default has its own tests.
 SIMT = {"conv2d": {"block": 256}}
 GROUPS = {
-    "conv": ("conv_",),
+    "conv": ("conv_", "im2col_"),
     "pool": ("pool_",),
     "reduce": ("reduce_", "reshape_feeds_kernel"),
     "layout": ("permute_", "slice_", "concat_", "reshape_output"),

@@ -21,6 +21,7 @@ from kiln.ops import (
     ConcatAttrs,
     Conv2dAttrs,
     EwInstr,
+    Im2colAttrs,
     PermuteAttrs,
     Pool2dAttrs,
     ReduceAttrs,
@@ -235,6 +236,22 @@ def concat_first(dtype: DType) -> Graph:
     return b.build(b.op("concat", xs, ConcatAttrs(axis=0)))
 
 
+def _im2col(dtype: DType, name: str, x_shape: tuple, attrs: Im2colAttrs) -> Graph:
+    b = GraphBuilder(name)
+    return b.build(b.op("im2col", [b.input("x", x_shape, dtype)], attrs))
+
+
+def im2col_stem(dtype: DType) -> Graph:
+    # ResNet's stem in small: 7x7 taps of 3 channels, stride 2, zero columns 147..151.
+    return _im2col(dtype, "im2col_stem", (batch(), 13, 11, 3),
+                   Im2colAttrs(kernel=(7, 7), stride=(2, 2), pads=(3, 3, 3, 3), cols=152))
+
+
+def im2col_patches_dilated(dtype: DType) -> Graph:
+    return _im2col(dtype, "im2col_dil", (1, 9, 10, 5),
+                   Im2colAttrs(kernel=(3, 2), stride=(1, 2), pads=(2, 0, 1, 1), dilation=(2, 3), cols=32))
+
+
 def concat_broadcast(dtype: DType) -> Graph:
     # ViT's class token: one [1, 1, D] row repeated over the batch before the patches.
     b = GraphBuilder("concat_broadcast")
@@ -410,6 +427,8 @@ CASES: list[tuple[str, CaseFn]] = [
     ("concat_last", concat_last),
     ("concat_first", concat_first),
     ("concat_broadcast", concat_broadcast),
+    ("im2col_stem", im2col_stem),
+    ("im2col_patches_dilated", im2col_patches_dilated),
     ("embedding_int32", embedding_int32),
     ("embedding_int64", embedding_int64),
     ("cast_from_int64", cast_from_int64),
