@@ -258,3 +258,40 @@ def test_profile_only_warms_the_database_without_an_artifact(farm: Farm, client:
     compiled = client.compile(graph.replace(name="warm_then_compile"), "cpu", profile=True)
     assert compiled.state == farm_pb2.SUCCEEDED and compiled.artifact
     assert farm.stats()["profiles_run"] - before == 2 * 5 * 3, "the warmed database must answer every kernel"
+
+
+def test_picks_that_differ_by_batch_link_a_dispatch_kernel(farm: Farm, client: Client, tmp_path):
+    """Seeded timings: candidate 1 wins at the smallest profile point, candidate 2 at the others.
+    The compile profiles nothing, each kernel becomes a dispatcher over two objects, and the
+    artifact is right on both sides of the range boundary."""
+    from codegen_worker.backends import get_backend
+    from kiln.profiledb import ProfileDB, ProfileRecord
+    from kiln.targets import get_target
+    from kiln.tuning import profile_points
+    from planner_svc.lower import lower
+    from planner_svc.pipeline import run_passes
+
+    graph = two_linears(30, 40, 12, "dispatched")
+    backend, target = get_backend("cpu"), get_target("cpu")
+    db = ProfileDB(farm.redis())
+    for call in lower(run_passes(graph)[0], "cpu").calls:
+        configs = backend.candidate_configs(call.spec, target)
+        for i, at in enumerate(profile_points(call.spec)):
+            winner = 1 if i == 0 else 2
+            for j, config in enumerate(configs):
+                db.put(ProfileRecord("cpu.x86_64", {"kind": "cpu.x86_64"}, backend.toolchain_version(),
+                                     call.spec.key(), config, True, 0.1 if j == winner else 1.0, 20, "", "seeded",
+                                     tuple(at)))
+    before = farm.stats().get("profiles_run", 0)
+    job = client.compile(graph, "cpu", profile=True)
+    assert job.state == farm_pb2.SUCCEEDED, job.error
+    assert farm.stats().get("profiles_run", 0) == before, "every pick was known"
+    manifest = client.fetch(job.artifact, tmp_path)
+    assert manifest.profiled and len(manifest.kernels) == 2
+    for k in manifest.kernels:
+        assert k.config["impl"] == "dispatch" and [c["upto"] for c in k.config["cases"]] == [2, None]
+    model = Model(tmp_path)
+    for batch in (1, 2, 3, 16):
+        feeds = reference.random_inputs(graph, seed=batch, sizes={"batch": batch})
+        got, want = model.run(feeds), reference.run(graph, feeds)
+        assert all(rel_err(got[n], want[n]) < 1e-5 for n in graph.outputs)
