@@ -65,7 +65,7 @@ def test_best_waits_for_every_candidate_and_skips_failures(db: ProfileDB):
     assert db.records("cpu.x86_64", TOOLCHAIN, OTHER_SPEC) == []
 
 
-def test_each_profile_point_has_its_own_records_and_pick(db: ProfileDB):
+def test_each_profile_point_has_its_own_records_and_pick(db: ProfileDB, capsys):
     # A dynamic-batch kernel: small M favours one config, large M another.
     for at, times in (((1,), (0.01, 0.02, 0.03)), ((64,), (0.9, 0.5, 0.4))):
         for config, ms in zip(CONFIGS, times, strict=True):
@@ -76,6 +76,12 @@ def test_each_profile_point_has_its_own_records_and_pick(db: ProfileDB):
     assert db.best("cpu.x86_64", TOOLCHAIN, SPEC, CONFIGS) is None, "nor at the static point"
     exported = db.export()
     assert len(exported) == 6 and {tuple(d["at"]) for d in exported} == {(1,), (64,)}
+    # `kiln profile show` groups by point, best first within each.
+    assert cli.main(["profile", "show", SPEC[:6]]) == 0
+    out = capsys.readouterr().out.splitlines()
+    headers = [line for line in out if not line.startswith(" ")]
+    assert [h.split("  ")[2] for h in headers] == ["at 1", "at 64"]
+    assert '"tn": 4' in out[1] and '"tm": 4, "tn": 8' in out[5]
     db.r.flushdb()
     db.import_records(exported)  # JSON lists come back as the same keys
     assert db.best("cpu.x86_64", TOOLCHAIN, SPEC, CONFIGS, [1]) == CONFIGS[0] and len(db.export()) == 6
