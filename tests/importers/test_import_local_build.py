@@ -58,3 +58,23 @@ def test_bert_encoder_runs_on_cpu(source, tmp_path):
         ids, mask = torch_models.bert_inputs(batch, 16, 1000, seed=batch)
         (got,) = model.run({"input_ids": ids.numpy(), "attention_mask": mask.numpy()}).values()
         assert rel_err(got, net(ids, mask).detach().numpy()) < 1e-4
+
+
+@pytest.mark.parametrize("source", ["torch", "onnx"])
+def test_vit_runs_on_cpu(source, tmp_path):
+    # The patch conv over 3 channels runs as im2col + GEMM; the class token is a broadcast concat input;
+    # 17 tokens (16 patches + the class token) is no multiple of any attention block.
+    torch.manual_seed(0)
+    net = torch_models.ViT(image=32, patch=8, hidden=32, heads=2, layers=2, mlp=64, num_classes=10).eval()
+    example = torch.randn(2, 3, 32, 32)
+    if source == "torch":
+        graph = kiln.from_torch(net, (example,), dynamic_shapes=({0: Dim("batch", min=1, max=4)},), name="vit")
+    else:
+        graph = kiln.from_onnx(_onnx(net, (example,), ["x"], {"x": {0: "batch"}}), dims={"batch": (1, 4)}, name="vit")
+    built = build_local(graph, "cpu", tmp_path, single_tu=True)
+    assert {"im2col", "concat", "attention"} <= set(built.ops())
+    model = Model(built.dir)
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch))
+        (got,) = model.run({"x": x.numpy()}).values()
+        assert rel_err(got, net(x).detach().numpy()) < 1e-4
