@@ -60,7 +60,10 @@ def test_eligible_convs_default_to_cutlass_and_others_do_not():
     assert "impl" not in backend.default_config(conv(DType.F16, 3, 64), sm90)          # stem: 3 channels
     assert "impl" not in backend.default_config(conv(DType.F16, 64, 64, groups=2), sm90)  # grouped
     assert "impl" not in backend.default_config(conv(DType.F32, 64, 64), sm90)
-    assert len(backend.candidate_configs(conv(DType.BF16, 64, 128), sm90)) == len(cutlass_sm90.CONV_CANDIDATES)
+    # Every conv candidate but the one whose 256-wide tile exceeds the 128 output channels.
+    kept = backend.candidate_configs(conv(DType.BF16, 64, 128), sm90)
+    assert kept == [c for c in cutlass_sm90.CONV_CANDIDATES if c["tile"][1] <= 128] and len(kept) == 4
+    assert len(backend.candidate_configs(conv(DType.BF16, 64, 256), sm90)) == len(cutlass_sm90.CONV_CANDIDATES)
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
