@@ -100,7 +100,8 @@ def profile(graph: Graph, jobs: int, work: Path, runs: int = 20,
     from profile_worker.runner import run_all
 
     known = known or {}
-    specs = {k: v for k, v in tuned_specs(graph).items() if k not in known}
+    every = tuned_specs(graph)
+    specs = {k: v for k, v in every.items() if k not in known}
     rendered = {key: [build.render(backend, target, spec, c) for c in cands] for key, (spec, cands) in specs.items()}
     t0 = time.time()
     flat = [rk for rks in rendered.values() for rk in rks]
@@ -119,7 +120,7 @@ def profile(graph: Graph, jobs: int, work: Path, runs: int = 20,
     with ThreadPoolExecutor(jobs) as pool:
         exes = dict(zip(((k, i) for k, i, _ in jobs_list), pool.map(make_exe, jobs_list), strict=True))
     link_s = time.time() - t0
-    picks, report = {k: v for k, v in known.items() if k in tuned_specs(graph)}, []
+    picks, report = {k: v for k, v in known.items() if k in every}, []
     t0 = time.time()
     for key, (spec, candidates) in specs.items():
         points = profile_points(spec)

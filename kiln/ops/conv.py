@@ -38,6 +38,19 @@ def out_size(size: int, kernel: int, stride: int, pad_lo: int, pad_hi: int, dila
     return out
 
 
+def _taps(x: np.ndarray, kernel: tuple[int, ...], stride: tuple[int, ...], pads: tuple[int, ...],
+          dilation: tuple[int, ...]) -> list[tuple[tuple[int, int], np.ndarray]]:
+    """((kh, kw), x's values under that filter tap at every output pixel [N, OH, OW, C]), tap-major:
+    the references of conv2d and im2col read their windows the same way."""
+    pt, pl, pb, pr = pads
+    xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    oh = (xp.shape[1] - dh * (kh - 1) - 1) // sh + 1
+    ow = (xp.shape[2] - dw * (kw - 1) - 1) // sw + 1
+    return [((i, j), xp[:, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw, :])
+            for i in range(kh) for j in range(kw)]
+
+
 @dataclass(frozen=True)
 class Conv2dAttrs:
     stride: tuple[int, ...] = (1, 1)
@@ -92,24 +105,17 @@ class Conv2d(OpDef):
 
     def reference(self, inputs: list[np.ndarray], attrs: Conv2dAttrs) -> list[np.ndarray]:
         x, w = inputs[0], inputs[1]
-        pt, pl, pb, pr = attrs.pads
-        xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
         o, kh, kw, cg = w.shape
         g = attrs.groups
-        sh, sw = attrs.stride
-        dh, dw = attrs.dilation
-        n, hp, wp, _ = xp.shape
-        oh = (hp - dh * (kh - 1) - 1) // sh + 1
-        ow = (wp - dw * (kw - 1) - 1) // sw + 1
         og = o // g
-        out = np.zeros((n, oh, ow, o), dtype=np.result_type(x, w))
-        for i in range(kh):
-            for j in range(kw):
-                patch = xp[:, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw, :]
-                for gi in range(g):
-                    xs = patch[..., gi * cg:(gi + 1) * cg]
-                    ws = w[gi * og:(gi + 1) * og, i, j, :]
-                    out[..., gi * og:(gi + 1) * og] += xs @ ws.T
+        out = None
+        for (i, j), patch in _taps(x, (kh, kw), attrs.stride, attrs.pads, attrs.dilation):
+            if out is None:
+                out = np.zeros(patch.shape[:3] + (o,), dtype=np.result_type(x, w))
+            for gi in range(g):
+                xs = patch[..., gi * cg:(gi + 1) * cg]
+                ws = w[gi * og:(gi + 1) * og, i, j, :]
+                out[..., gi * og:(gi + 1) * og] += xs @ ws.T
         return [apply_epilogue(out, inputs[2:], attrs.has_bias, attrs.epilogue)]
 
 
@@ -146,15 +152,8 @@ class Im2col(OpDef):
         return [TensorType(inputs[0].dtype, (n, oh, ow, attrs.cols))]
 
     def reference(self, inputs: list[np.ndarray], attrs: Im2colAttrs) -> list[np.ndarray]:
-        x = inputs[0]
-        pt, pl, pb, pr = attrs.pads
-        xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-        (kh, kw), (sh, sw), (dh, dw) = attrs.kernel, attrs.stride, attrs.dilation
-        oh = (xp.shape[1] - dh * (kh - 1) - 1) // sh + 1
-        ow = (xp.shape[2] - dw * (kw - 1) - 1) // sw + 1
-        patches = [xp[:, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw, :]
-                   for i in range(kh) for j in range(kw)]
-        cols = np.concatenate(patches, axis=-1)
+        taps = _taps(inputs[0], attrs.kernel, attrs.stride, attrs.pads, attrs.dilation)
+        cols = np.concatenate([patch for _, patch in taps], axis=-1)
         tail = np.zeros(cols.shape[:-1] + (attrs.cols - cols.shape[-1],), dtype=cols.dtype)
         return [np.concatenate([cols, tail], axis=-1)]
 

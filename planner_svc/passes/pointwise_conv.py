@@ -24,6 +24,7 @@ def pointwise_convs_to_linear(graph: Graph) -> Graph:
     consts = graph.constant_map()
     new_consts: dict[str, Constant] = {}
     ops: list[Op] = []
+    changed = False
     for op in graph.ops:
         w = consts.get(op.inputs[1]) if op.kind == "conv2d" else None
         if not _is_pointwise(op, w):
@@ -36,6 +37,7 @@ def pointwise_convs_to_linear(graph: Graph) -> Graph:
             new_consts[name] = Constant.from_bytes(name, TensorType(w.type.dtype, (o, c)), w.data)
         attrs = LinearAttrs(has_bias=op.attrs.has_bias, epilogue=op.attrs.epilogue)
         ops.append(Op(op.name, "linear", (op.inputs[0], name) + op.inputs[2:], op.outputs, attrs))
-    if not new_consts and len(ops) == len(graph.ops) and all(a is b for a, b in zip(ops, graph.ops, strict=True)):
+        changed = True
+    if not changed:
         return graph
     return graph.replace(ops=tuple(ops), constants=graph.constants + tuple(new_consts.values()))
