@@ -151,7 +151,21 @@ def _im2col(b: Any, spec: KernelSpec) -> Context:
     return {"H": h, "W": w, "C": c, "OH": out.shape[1], "OW": out.shape[2], "KH": a.kernel[0], "KW": a.kernel[1],
             "SH": a.stride[0], "SW": a.stride[1], "PT": a.pads[0], "PL": a.pads[1], "DH": a.dilation[0],
             "DW": a.dilation[1], "K": a.cols, "KC": a.kernel[0] * a.kernel[1] * c,
-            "numel_out": cexpr.numel_expr(out.shape)}
+            "numel_out": cexpr.numel_expr(out.shape), "numel_in": cexpr.numel_expr(x.shape),
+            **_row_vector(a.cols, x.dtype.itemsize)}
+
+
+# Unsigned types as wide as 1, 2, 4, 8 and 16 bytes: raw element bits and vector stores.
+_RAW = {1: "uint8_t", 2: "uint16_t", 4: "uint32_t", 8: "uint64_t", 16: "uint4"}
+
+
+def _row_vector(cols: int, itemsize: int) -> dict[str, Any]:
+    """The widest store (at most 16 bytes) that a row of `cols` elements divides into evenly,
+    so every row starts vector aligned."""
+    vec = 16 // itemsize
+    while cols % vec:
+        vec //= 2
+    return {"raw": _RAW[itemsize], "vec": vec, "vec_bytes": vec * itemsize, "vec_type": _RAW[vec * itemsize]}
 
 
 @context_for("pad")

@@ -252,6 +252,12 @@ def im2col_patches_dilated(dtype: DType) -> Graph:
                    Im2colAttrs(kernel=(3, 2), stride=(1, 2), pads=(2, 0, 1, 1), dilation=(2, 3), cols=32))
 
 
+def im2col_odd_columns(dtype: DType) -> Graph:
+    # 27 columns (3x3x3, no padding columns): no vector store divides a row, so one element per store.
+    return _im2col(dtype, "im2col_odd", (batch(), 6, 7, 3),
+                   Im2colAttrs(kernel=(3, 3), stride=(1, 1), pads=(1, 1, 1, 1), cols=27))
+
+
 def concat_broadcast(dtype: DType) -> Graph:
     # ViT's class token: one [1, 1, D] row repeated over the batch before the patches.
     b = GraphBuilder("concat_broadcast")
@@ -429,6 +435,7 @@ CASES: list[tuple[str, CaseFn]] = [
     ("concat_broadcast", concat_broadcast),
     ("im2col_stem", im2col_stem),
     ("im2col_patches_dilated", im2col_patches_dilated),
+    ("im2col_odd_columns", im2col_odd_columns),
     ("embedding_int32", embedding_int32),
     ("embedding_int64", embedding_int64),
     ("cast_from_int64", cast_from_int64),
