@@ -109,7 +109,8 @@ def _pool(b: Any, spec: KernelSpec) -> Context:
             "OH": out.shape[1], "OW": out.shape[2], "KH": a.kernel[0], "KW": a.kernel[1],
             "SH": a.stride[0], "SW": a.stride[1], "PT": a.pads[0], "PL": a.pads[1], "PB": a.pads[2],
             "PR": a.pads[3], "mode": a.mode, "count_include_pad": a.count_include_pad,
-            "numel_out": cexpr.numel_expr(out.shape)}
+            "numel_out": cexpr.numel_expr(out.shape), "numel_in": cexpr.numel_expr(x.shape),
+            **_row_vector(x.shape[3], x.dtype.itemsize)}
 
 
 @context_for("reduce_sum", "reduce_mean", "reduce_max")
@@ -147,8 +148,11 @@ def _slice(b: Any, spec: KernelSpec) -> Context:
 def _im2col(b: Any, spec: KernelSpec) -> Context:
     x, out = spec.inputs[0], spec.outputs[0]
     a = spec.attrs
-    _, h, w, c = x.shape
-    return {"H": h, "W": w, "C": c, "OH": out.shape[1], "OW": out.shape[2], "KH": a.kernel[0], "KW": a.kernel[1],
+    _, h, w, c = (x.shape[0], *x.shape[2:], x.shape[1]) if a.channels_first else x.shape
+    # Where channel c of pixel (img, ih, iw) lives, for either input layout.
+    src = "((img * {C} + c) * {H} + ih) * {W} + iw" if a.channels_first else "((img * {H} + ih) * {W} + iw) * {C} + c"
+    return {"src": src.format(H=h, W=w, C=c), "H": h, "W": w, "C": c,
+            "OH": out.shape[1], "OW": out.shape[2], "KH": a.kernel[0], "KW": a.kernel[1],
             "SH": a.stride[0], "SW": a.stride[1], "PT": a.pads[0], "PL": a.pads[1], "DH": a.dilation[0],
             "DW": a.dilation[1], "K": a.cols, "KC": a.kernel[0] * a.kernel[1] * c,
             "numel_out": cexpr.numel_expr(out.shape), "numel_in": cexpr.numel_expr(x.shape),

@@ -126,12 +126,16 @@ class Im2colAttrs:
     pads: tuple[int, ...] = (0, 0, 0, 0)  # top, left, bottom, right
     dilation: tuple[int, ...] = (1, 1)
     cols: int = 0  # the output's last dim: KH*KW*C, or more (zero columns up to an aligned width)
+    # The input is NCHW: a model's NCHW input is gathered straight from its layout, so the
+    # NCHW -> NHWC permute at the graph's edge needs no kernel of its own.
+    channels_first: bool = False
 
 
 @register
 class Im2col(OpDef):
     """cols[n, oh, ow, (kh*KW + kw)*C + c] = x[n, oh*SH - PT + kh*DH, ow*SW - PL + kw*DW, c], 0 outside x
-    and in the columns past KH*KW*C: a conv becomes a GEMM with w.reshape(O, KH*KW*C)."""
+    and in the columns past KH*KW*C: a conv becomes a GEMM with w.reshape(O, KH*KW*C).
+    With channels_first, x is [N, C, H, W] and read as its NHWC transpose."""
 
     kind = "im2col"
     Attrs = Im2colAttrs
@@ -143,7 +147,10 @@ class Im2col(OpDef):
         _pads(attrs.pads)
 
     def infer(self, inputs: list[TensorType], attrs: Im2colAttrs) -> list[TensorType]:
-        n, h, wd, c = _nhwc(inputs[0], "im2col")
+        x = inputs[0]
+        if attrs.channels_first and x.rank == 4:
+            x = TensorType(x.dtype, (x.shape[0], x.shape[2], x.shape[3], x.shape[1]))
+        n, h, wd, c = _nhwc(x, "im2col")
         kh, kw = attrs.kernel
         if attrs.cols < kh * kw * c:
             raise ShapeError(f"im2col: cols {attrs.cols} is fewer than KH*KW*C = {kh * kw * c}")
@@ -152,7 +159,8 @@ class Im2col(OpDef):
         return [TensorType(inputs[0].dtype, (n, oh, ow, attrs.cols))]
 
     def reference(self, inputs: list[np.ndarray], attrs: Im2colAttrs) -> list[np.ndarray]:
-        taps = _taps(inputs[0], attrs.kernel, attrs.stride, attrs.pads, attrs.dilation)
+        x = inputs[0].transpose(0, 2, 3, 1) if attrs.channels_first else inputs[0]
+        taps = _taps(x, attrs.kernel, attrs.stride, attrs.pads, attrs.dilation)
         cols = np.concatenate([patch for _, patch in taps], axis=-1)
         tail = np.zeros(cols.shape[:-1] + (attrs.cols - cols.shape[-1],), dtype=cols.dtype)
         return [np.concatenate([cols, tail], axis=-1)]

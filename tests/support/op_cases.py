@@ -126,6 +126,17 @@ def pool_max_3x3_s2_p1(dtype: DType) -> Graph:
     return _pool(dtype, "maxpool", (batch(), 9, 10, 6), mode="max", kernel=(3, 3), stride=(2, 2), pads=(1, 1, 1, 1))
 
 
+def pool_max_vector_channels(dtype: DType) -> Graph:
+    # 24 channels: the GPU kernel's 16-byte path (8 halves or 4 floats a load), 3 chunks a pixel.
+    return _pool(dtype, "maxpool_vec", (batch(), 9, 10, 24), mode="max", kernel=(3, 3), stride=(2, 2),
+                 pads=(1, 1, 1, 1))
+
+
+def pool_avg_vector_channels(dtype: DType) -> Graph:
+    return _pool(dtype, "avgpool_vec", (batch(), 8, 9, 16), mode="avg", kernel=(3, 3), stride=(2, 2),
+                 pads=(1, 1, 1, 1), count_include_pad=False)
+
+
 def pool_avg_include_pad(dtype: DType) -> Graph:
     return _pool(dtype, "avgpool_incl", (batch(), 9, 10, 6), mode="avg", kernel=(3, 3), stride=(2, 2),
                  pads=(1, 1, 1, 1), count_include_pad=True)
@@ -250,6 +261,12 @@ def im2col_stem(dtype: DType) -> Graph:
 def im2col_patches_dilated(dtype: DType) -> Graph:
     return _im2col(dtype, "im2col_dil", (1, 9, 10, 5),
                    Im2colAttrs(kernel=(3, 2), stride=(1, 2), pads=(2, 0, 1, 1), dilation=(2, 3), cols=32))
+
+
+def im2col_nchw(dtype: DType) -> Graph:
+    # The stem reading a model's NCHW input directly (gather_im2col_from_nchw).
+    return _im2col(dtype, "im2col_nchw", (batch(), 3, 13, 11),
+                   Im2colAttrs(kernel=(7, 7), stride=(2, 2), pads=(3, 3, 3, 3), cols=152, channels_first=True))
 
 
 def im2col_odd_columns(dtype: DType) -> Graph:
@@ -412,6 +429,8 @@ CASES: list[tuple[str, CaseFn]] = [
     ("conv_bias_residual_relu", conv_bias_residual_relu),
     ("conv_channel_scale_residual", conv_channel_scale_residual),
     ("pool_max_3x3_s2_p1", pool_max_3x3_s2_p1),
+    ("pool_max_vector_channels", pool_max_vector_channels),
+    ("pool_avg_vector_channels", pool_avg_vector_channels),
     ("pool_avg_include_pad", pool_avg_include_pad),
     ("pool_avg_exclude_pad", pool_avg_exclude_pad),
     ("pool_avg_ceil_include_pad", pool_avg_ceil_include_pad),
@@ -436,6 +455,7 @@ CASES: list[tuple[str, CaseFn]] = [
     ("im2col_stem", im2col_stem),
     ("im2col_patches_dilated", im2col_patches_dilated),
     ("im2col_odd_columns", im2col_odd_columns),
+    ("im2col_nchw", im2col_nchw),
     ("embedding_int32", embedding_int32),
     ("embedding_int64", embedding_int64),
     ("cast_from_int64", cast_from_int64),
