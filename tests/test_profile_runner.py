@@ -82,3 +82,57 @@ def test_each_bad_candidate_fails_alone(tmp_path):
     # The whole process group went: the hung candidate's forked child too.
     child = int(pid_file.read_text())
     assert wait_gone(child), f"the hung candidate's child {child} still runs"
+
+
+# Speaks the `all` protocol too. Every start appends a line to STARTS_FILE; with CRASH_AT >= 0
+# the candidate of that index crashes, but only inside the shared process.
+TOGETHER = r"""
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+static int one(int cand, int runs, bool shared) {
+  if (shared && cand == CRASH_AT) { volatile int* p = nullptr; *p = 1; }
+  printf("{\"index\": %d, \"ok\": true, \"median_ms\": %d.5, \"runs\": %d}\n", cand, 3 - cand, runs);
+  fflush(stdout);
+  return 0;
+}
+int main(int argc, char** argv) {
+  FILE* f = fopen(STARTS_FILE, "a");
+  fprintf(f, "%s\n", argv[1]);
+  fclose(f);
+  const int runs = argc > 2 ? atoi(argv[2]) : 20;
+  if (strcmp(argv[1], "all") != 0) return one(atoi(argv[1]), runs, false);
+  for (int c = 0; c < 3; ++c) one(c, runs, true);
+  return 0;
+}
+"""
+
+
+def build_together(workdir: Path, crash_at: int) -> tuple[Path, Path]:
+    src, exe, starts = workdir / "together.cc", workdir / "together", workdir / "starts.txt"
+    src.write_text(TOGETHER)
+    subprocess.run(["g++", "-O0", "-o", str(exe), str(src), f'-DSTARTS_FILE="{starts}"', f"-DCRASH_AT={crash_at}"],
+                   check=True)
+    return exe, starts
+
+
+def test_clean_candidates_share_one_process(tmp_path):
+    exe, starts = build_together(tmp_path, crash_at=-1)
+    results = run_all(str(exe), 3, runs=4, timeout_s=5)
+    assert starts.read_text().split() == ["all"]
+    assert [(r.index, r.ok, r.median_ms, r.runs) for r in results] == [(0, True, 3.5, 4), (1, True, 2.5, 4),
+                                                                        (2, True, 1.5, 4)]
+
+
+def test_a_crash_in_the_shared_process_reruns_every_candidate_alone(tmp_path):
+    exe, starts = build_together(tmp_path, crash_at=1)
+    results = run_all(str(exe), 3, runs=4, timeout_s=5)
+    # The shared run died at candidate 1; candidate 0's line from it is not trusted either.
+    assert starts.read_text().split() == ["all", "0", "1", "2"]
+    assert [(r.index, r.ok, r.median_ms) for r in results] == [(0, True, 3.5), (1, True, 2.5), (2, True, 1.5)]
+
+
+def test_isolation_can_be_asked_for(tmp_path):
+    exe, starts = build_together(tmp_path, crash_at=-1)
+    run_all(str(exe), 3, runs=4, timeout_s=5, together=False)
+    assert starts.read_text().split() == ["0", "1", "2"]
