@@ -32,6 +32,10 @@ CANDIDATES = [
     {"impl": "cutlass_sm90", "tile": [128, 128, 64], "cluster": [1, 1], "schedule": "pingpong"},
     # Narrow outputs (ResNet's 64-channel pointwise convs run as GEMMs): half the waste of 128.
     {"impl": "cutlass_sm90", "tile": [128, 64, 64], "cluster": [1, 1], "schedule": "cooperative"},
+    # Stream-K: with fewer output tiles than SMs (ResNet's last stage at batch 1 has 16 for
+    # 132 SMs) the K loop is split across CTAs and the partial sums fixed up in a workspace.
+    {"impl": "cutlass_sm90", "tile": [128, 128, 64], "cluster": [1, 1], "schedule": "cooperative",
+     "scheduler": "streamk"},
 ]
 # Implicit-GEMM conv: N is the output channels (64..2048 in ResNets), so narrower
 # tiles matter. CUTLASS 4.2 has only the non-persistent warp-specialized
@@ -120,7 +124,8 @@ def context(spec: KernelSpec, config: dict[str, Any]) -> dict[str, Any]:
     kernel_schedule, epilogue_schedule = table[config["schedule"]]
     ctx = {"cutlass_type": TYPES[spec.outputs[0].dtype], "activation": plan.activation,
            "residual_arg": plan.residual_arg, "kernel_schedule": kernel_schedule,
-           "epilogue_schedule": epilogue_schedule}
+           "epilogue_schedule": epilogue_schedule,
+           "tile_scheduler": {"streamk": "cutlass::gemm::StreamKScheduler"}.get(config.get("scheduler", ""), "")}
     if spec.op == "conv2d":
         ctx["PB"], ctx["PR"] = spec.attrs.pads[2], spec.attrs.pads[3]
     return ctx

@@ -34,12 +34,17 @@ def test_eligible_linears_default_to_cutlass_and_others_do_not():
     assert len(backend.candidate_configs(_spec(DType.BF16, gelu), sm90)) == len(cutlass_sm90.CANDIDATES)
 
 
+STREAMK = next(c for c in cutlass_sm90.CANDIDATES if c.get("scheduler") == "streamk")
+
+
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
-def test_cutlass_gemm_with_residual_epilogue_compiles_without_serialised_wgmma():
+@pytest.mark.parametrize("config", [cutlass_sm90.DEFAULT, STREAMK], ids=["persistent", "streamk"])
+def test_cutlass_gemm_with_residual_epilogue_compiles_without_serialised_wgmma(config):
     backend, target = get_backend("cuda"), get_target("cuda:sm90")
     spec = _spec(DType.BF16, (EwInstr("add", (0, 1)), EwInstr("relu", (2,))))
-    rk = build.render(backend, target, spec, backend.default_config(spec, target))
+    rk = build.render(backend, target, spec, config)
     assert "LinCombPerColBiasEltAct" in rk.source and "ReLu" in rk.source
+    assert ("StreamKScheduler" in rk.source) == (config is STREAMK)
     obj, log = build.compile_kernel(backend, target, rk)
     assert obj[:4] == b"\x7fELF"
     assert "C7510" not in log
