@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,9 @@ def make(name: str) -> tuple[torch.nn.Module, Any, Any]:
     return model, inputs, ({0: batch}, {0: batch})
 
 
-def bench_model(name: str, args: argparse.Namespace, peak: float, workdir: Path) -> dict[str, Any]:
+def bench_model(name: str, args: argparse.Namespace, peak: float, workdir: Path,
+                save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """save(result) runs after every step, so a run cut short keeps what it measured."""
     model32, inputs, dyn = make(name)
     model16 = model32.half()
     example = tuple(t.half() if t.is_floating_point() else t for t in inputs(2))
@@ -154,6 +157,7 @@ def bench_model(name: str, args: argparse.Namespace, peak: float, workdir: Path)
     result["rel_err_kiln_vs_fp64"] = lb.rel_err(got, ref)
     result["rel_err_torch_fp16_vs_fp64"] = lb.rel_err(torch_out, ref)
     heuristic_model = Model(heuristic.dir) if tuning is not None else None
+    save(result)
     print(f"{name}: import {import_s:.0f} s, build {build_s:.0f} s, {len(kernels)} kernels {impls}, "
           f"rel err kiln {result['rel_err_kiln_vs_fp64']:.2e} torch-fp16 {result['rel_err_torch_fp16_vs_fp64']:.2e}",
           flush=True)
@@ -204,8 +208,11 @@ def bench_model(name: str, args: argparse.Namespace, peak: float, workdir: Path)
         best = min(peers, key=peers.get)
         row["best_peer"], row["speedup_vs_best_peer"] = best, peers[best] / row["kiln_ms"]
         result["rows"].append(row)
-        if batch == args.breakdown_batch or (args.breakdown_batch == -1 and batch == BATCHES[name][-1]):
-            result["breakdown"] = kernel_breakdown(built, m, feeds, out_name, y, batch)
+        save(result)
+        wanted = {BATCHES[name][b] if b < 0 else b for b in args.breakdown_batches}
+        if batch in wanted:
+            result.setdefault("breakdowns", []).append(kernel_breakdown(built, m, feeds, out_name, y, batch))
+            save(result)
         print(f"  batch {batch:4d}: kiln {row['kiln_ms']:.3f} ms  "
               + (f"(heuristic {row['kiln_heuristic_ms']:.3f})  " if "kiln_heuristic_ms" in row else "")
               + "  ".join(f"{k[:-3]} {v:.3f}" for k, v in peers.items())
@@ -281,8 +288,10 @@ def main() -> None:
     p.add_argument("--batches", default="", help="comma list replacing every model's batch sizes")
     p.add_argument("--profile", action="store_true",
                    help="profile every GEMM/conv/attention candidate first (bench/tune.py); time both builds")
-    p.add_argument("--breakdown-batch", type=int, default=-1, help="batch of the per-kernel breakdown (-1: largest)")
+    p.add_argument("--breakdown-batches", default="1,-1",
+                   help="batches of the per-kernel breakdown (negative: from the end of the model's list)")
     args = p.parse_args()
+    args.breakdown_batches = [int(b) for b in args.breakdown_batches.split(",") if b]
     args.compile_modes = [m for m in args.compile_modes.split(",") if m]
     if args.batches:
         for name in BATCHES:
@@ -296,12 +305,18 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp())
     results = {"card": card, "torch": torch.__version__, "measured_fp16_matmul_tflops": peak, "models": []}
     for name in args.models.split(","):
+        slot = len(results["models"])
+        results["models"].append({"model": name})
+
+        def save(result: dict[str, Any], slot: int = slot) -> None:
+            results["models"][slot] = result
+            Path(args.out).write_text(json.dumps(results, indent=1))
         try:
-            results["models"].append(bench_model(name, args, peak, workdir))
+            bench_model(name, args, peak, workdir, save)
         except Exception as err:  # one model's failure must not hide the others' numbers
-            results["models"].append({"model": name, "error": f"{type(err).__name__}: {err}"[:2000]})
+            failed = {**results["models"][slot], "error": f"{type(err).__name__}: {err}"[:2000]}
+            save(failed)
             print(f"{name}: FAILED {type(err).__name__}: {err}", flush=True)
-        Path(args.out).write_text(json.dumps(results, indent=1))
     np.set_printoptions(precision=3)
 
 
