@@ -108,6 +108,14 @@ def make(name: str) -> tuple[torch.nn.Module, Any, Any]:
     return model, inputs, ({0: batch}, {0: batch})
 
 
+def earlier_picks(path: Path, name: str) -> dict[str, Any]:
+    """A model's picks from {model: picks} or from an earlier models.json (its tuning.picks)."""
+    data = json.loads(path.read_text())
+    if "models" in data:
+        return next(((m.get("tuning") or {}).get("picks", {}) for m in data["models"] if m.get("model") == name), {})
+    return data.get(name, {})
+
+
 def bench_model(name: str, args: argparse.Namespace, peak: float, workdir: Path,
                 save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """save(result) runs after every step, so a run cut short keeps what it measured."""
@@ -125,14 +133,15 @@ def bench_model(name: str, args: argparse.Namespace, peak: float, workdir: Path,
         from bench.tune import profile
 
         t0 = time.time()
-        known = json.loads(Path(args.picks).read_text()).get(name, {}) if args.picks else {}
+        known = earlier_picks(Path(args.picks), name) if args.picks else {}
         picks, tuning = profile(graph, args.jobs, workdir / f"{name}.profile", known=known)
         tuning["profile_total_s"] = round(time.time() - t0, 1)
+        tuning["picks"] = picks
+        save({"model": name, "tuning": tuning})  # the picks outlive a run cut short after profiling
         # The second compile: every pick known, every object cached, no profiler runs.
         t0 = time.time()
         built = lb.build_local(graph, "cuda:sm90", workdir / f"{name}.profiled", picks, jobs=args.jobs)
         tuning["second_compile_s"] = round(time.time() - t0, 1)
-        tuning["picks"] = picks
     kernels = [c.spec.op for c in built.plan.calls]
     impls = {}
     for c in built.plan.calls:
@@ -284,7 +293,7 @@ def main() -> None:
     p.add_argument("--models", default="resnet50,bert_base")
     p.add_argument("--compile-modes", default="default", help="comma list of torch.compile modes ('' for none)")
     p.add_argument("--jobs", type=int, default=16)
-    p.add_argument("--picks", default="", help="JSON {model: {spec key: config}} of an earlier run: not profiled again")
+    p.add_argument("--picks", default="", help="{model: {spec key: config}} or an earlier models.json: not profiled again")
     p.add_argument("--batches", default="", help="comma list replacing every model's batch sizes")
     p.add_argument("--profile", action="store_true",
                    help="profile every GEMM/conv/attention candidate first (bench/tune.py); time both builds")

@@ -34,7 +34,7 @@ def test_eligible_linears_default_to_cutlass_and_others_do_not():
     assert len(backend.candidate_configs(_spec(DType.BF16, gelu), sm90)) == len(cutlass_sm90.CANDIDATES)
 
 
-STREAMK = next(c for c in cutlass_sm90.CANDIDATES if c.get("scheduler") == "streamk")
+STREAMK = cutlass_sm90.STREAMK
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
