@@ -70,6 +70,32 @@ def _reshape_attrs_from(source: TensorType, target: TensorType) -> ReshapeAttrs 
     return ReshapeAttrs(tuple(dims))
 
 
+# Past this many elements the round-trip check is not worth its NumPy time at plan time.
+ROUND_TRIP_MAX_ELEMENTS = 1 << 22
+
+
+def _round_trip_as_reshape(first: Op, middle: Op, last: Op, types: dict[str, TensorType]) -> Op | None:
+    """permute -> reshape -> permute that leaves every element where it was, as one reshape.
+    ViT's patches come out of the GEMM as NHWC [B, 14, 14, 768]; the model's
+    flatten(2).transpose(1, 2) goes through NCHW and back, which is [B, 196, 768] as it lies.
+    Checked by moving indices with every symbolic dim set to 2 and then to 3."""
+    if first.kind != "permute":
+        return None
+    src, out = types[first.inputs[0]], types[last.outputs[0]]
+    for value in (2, 3):
+        def concrete(t: TensorType, v: int = value) -> tuple[int, ...]:
+            return tuple(d if isinstance(d, int) else v for d in t.shape)
+        n = int(np.prod(concrete(src)))
+        if n > ROUND_TRIP_MAX_ELEMENTS:
+            return None
+        moved = np.arange(n).reshape(concrete(src)).transpose(first.attrs.perm)
+        moved = moved.reshape(concrete(types[middle.outputs[0]])).transpose(last.attrs.perm)
+        if not np.array_equal(moved.ravel(), np.arange(n)):
+            return None
+    attrs = _reshape_attrs_from(src, out)
+    return None if attrs is None else Op(last.name, "reshape", first.inputs[:1], last.outputs, attrs)
+
+
 def _neutral_operand(op: Op, types: dict[str, TensorType], cmap: dict[str, Constant]) -> str | None:
     """The other operand when this binary op is x + 0, x - 0, x * 1 or x / 1 exactly, and the
     constant does not broadcast x to a larger shape."""
@@ -94,7 +120,9 @@ def _simplify(op: Op, types: dict[str, TensorType], cmap: dict[str, Constant],
         inner = made.get(x)
         if inner is not None and inner.kind == "permute":
             op = op.replace(inputs=inner.inputs, attrs=PermuteAttrs(compose(inner.attrs.perm, op.attrs.perm)))
-        return op, (op.inputs[0] if is_identity(op.attrs.perm) else None)
+        elif inner is not None and inner.kind == "reshape" and made.get(inner.inputs[0]) is not None:
+            op = _round_trip_as_reshape(made[inner.inputs[0]], inner, op, types) or op
+        return op, (op.inputs[0] if op.kind == "permute" and is_identity(op.attrs.perm) else None)
     if op.kind == "reshape":
         inner = made.get(x)
         if inner is not None and inner.kind == "reshape":
@@ -115,7 +143,8 @@ def _simplify(op: Op, types: dict[str, TensorType], cmap: dict[str, Constant],
 
 def remove_noops(graph: Graph) -> Graph:
     """Identity permutes, reshapes to the same shape, same-dtype casts, whole slices, one-input
-    concats, x+0 / x*1 go; permute-of-permute and reshape-of-reshape collapse into one op."""
+    concats, x+0 / x*1 go; permute-of-permute and reshape-of-reshape collapse into one op, and
+    a permute-reshape-permute round trip that moves no element becomes a reshape."""
     types = infer_types(graph)
     cmap = graph.constant_map()
     outputs = set(graph.outputs)

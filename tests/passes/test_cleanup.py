@@ -87,6 +87,28 @@ def test_reshape_chain_collapses_keeping_the_symbolic_dim():
     assert_same_meaning(before, after)
 
 
+def test_a_layout_round_trip_that_moves_nothing_is_a_reshape():
+    # ViT: NHWC patches -> NCHW -> flatten(2) -> transpose(1, 2) is the NHWC tensor as [B, H*W, C].
+    b = GraphBuilder("vit_tokens")
+    x = b.input("x", (B, 3, 5, 4))
+    before = b.build(relu(permute(reshape(permute(x, (0, 3, 1, 2)), (0, 4, 15)), (0, 2, 1))))
+    after = eliminate_dead_code(remove_noops(before))
+    assert kinds(after) == ["reshape", "relu"]
+    assert after.ops[0].inputs == ("x",) and after.ops[0].attrs.shape == (0, 15, 4)
+    assert_same_meaning(before, after)
+
+
+def test_a_layout_round_trip_that_moves_elements_stays():
+    b = GraphBuilder("not_a_round_trip")
+    x = b.input("x", (B, 3, 5, 4))
+    before = b.build(relu(permute(reshape(permute(x, (0, 3, 1, 2)), (0, 4, 15)), (0, 1, 2))))
+    assert kinds(eliminate_dead_code(remove_noops(before))) == ["permute", "reshape", "relu"]
+    moved = b.build(relu(permute(reshape(permute(x, (0, 3, 2, 1)), (0, 4, 15)), (0, 2, 1))))
+    after = eliminate_dead_code(remove_noops(moved))
+    assert "permute" in kinds(after)
+    assert_same_meaning(moved, after)
+
+
 def test_multiply_by_one_and_add_zero_go_only_when_exact_and_not_broadcasting():
     b = GraphBuilder("neutral")
     x = b.input("x", (B, 4))
