@@ -1,10 +1,13 @@
 """The NumPy reference interpreter: what every graph means."""
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import numpy as np
 
 from kiln.dtypes import DType, from_storage, storage_dtype
-from kiln.ir import Graph
+from kiln.ir import Graph, IntVar
 from kiln.ops import get_op
 
 
@@ -27,10 +30,33 @@ def run(graph: Graph, feeds: dict[str, np.ndarray], *, compute=np.float64, resol
         values[t.name] = fed.astype(compute) if t.type.dtype.is_float else fed  # indices stay integers
     for name, v in constant_values(graph, resolve).items():
         values[name] = v.astype(compute) if graph.constant_map()[name].type.dtype.is_float else v
+    sizes = bind_symbols(graph, values)
     for op in graph.ops:
-        outs = get_op(op.kind).reference([values[n] for n in op.inputs], op.attrs)
+        outs = get_op(op.kind).reference([values[n] for n in op.inputs], bound_attrs(op.attrs, sizes))
         values.update(zip(op.outputs, outs, strict=True))
     return {name: values[name] for name in graph.outputs}
+
+
+def bind_symbols(graph: Graph, values: dict[str, np.ndarray]) -> dict[str, int]:
+    """Each symbol's value, read off the fed inputs' shapes."""
+    sizes: dict[str, int] = {}
+    for t in graph.inputs:
+        for d, n in zip(t.type.shape, np.shape(values[t.name]), strict=False):
+            if isinstance(d, IntVar):
+                sizes[d.name] = int(n)
+    return sizes
+
+
+def bound_attrs(attrs: Any, sizes: dict[str, int]) -> Any:
+    """attrs with every symbolic entry of a tuple field (a slice's symbolic end) replaced by its value."""
+    if attrs is None or not dataclasses.is_dataclass(attrs):
+        return attrs
+    changes = {}
+    for f in dataclasses.fields(attrs):
+        v = getattr(attrs, f.name)
+        if isinstance(v, tuple) and any(isinstance(e, IntVar) for e in v):
+            changes[f.name] = tuple(sizes[e.name] if isinstance(e, IntVar) else e for e in v)
+    return dataclasses.replace(attrs, **changes) if changes else attrs
 
 
 def random_inputs(graph: Graph, seed: int = 0, sizes: dict[str, int] | None = None) -> dict[str, np.ndarray]:

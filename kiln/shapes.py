@@ -1,9 +1,10 @@
 """Shape and dtype inference over a whole graph."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
-from kiln.ir import Graph, TensorType
+from kiln.ir import Graph, IntVar, TensorType
 from kiln.ops import ShapeError, get_op
 
 
@@ -16,6 +17,14 @@ class GraphError(ValueError):
         self.message = message
 
 
+def attr_symbols(attrs: object) -> list[IntVar]:
+    """The symbolic dims an op's attributes hold (a slice's symbolic end)."""
+    if attrs is None or not dataclasses.is_dataclass(attrs):
+        return []
+    return [e for f in dataclasses.fields(attrs) for e in (getattr(attrs, f.name) if isinstance(
+        getattr(attrs, f.name), tuple) else ()) if isinstance(e, IntVar)]
+
+
 def infer_types(graph: Graph, *, positions: Mapping[str, int] | None = None) -> dict[str, TensorType]:
     """Types of every tensor; ops must already be in topological order.
 
@@ -23,9 +32,14 @@ def infer_types(graph: Graph, *, positions: Mapping[str, int] | None = None) -> 
     when given (the validator passes the wire order, which sorting may change)."""
     types: dict[str, TensorType] = {t.name: t.type for t in graph.inputs}
     types.update({c.name: c.type for c in graph.constants})
+    bound = {d for t in graph.inputs for d in t.type.symbols()}
     for index, op in enumerate(graph.ops):
         where = f"ops[{positions[op.name] if positions is not None else index}] (op {op.name!r}, type {op.kind!r})"
         opdef = get_op(op.kind)
+        unbound = [d for d in attr_symbols(op.attrs) if d not in bound]
+        if unbound:
+            # The runtime reads every symbol's value off the inputs' shapes.
+            raise GraphError(where, f"attribute dim {unbound[0]} is not a symbolic dim of any graph input")
         missing = [n for n in op.inputs if n not in types]
         if missing:
             raise GraphError(where, f"input tensor {missing[0]!r} is not defined before this op")

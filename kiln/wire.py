@@ -5,7 +5,7 @@ import dataclasses
 import typing
 
 from kiln.dtypes import DType
-from kiln.ir import Constant, Graph, IntVar, Op, TensorType
+from kiln.ir import Constant, Dim, Graph, IntVar, Op, TensorType
 from kiln.ops import get_op
 from kiln.v1 import graph_pb2 as pb
 
@@ -40,6 +40,8 @@ def attr_to_pb(value: object) -> pb.AttrValue:
         return pb.AttrValue(s=value)
     if isinstance(value, tuple) and all(isinstance(v, int) for v in value):
         return pb.AttrValue(ints=pb.IntList(values=list(value)))
+    if isinstance(value, tuple) and all(isinstance(v, int | IntVar) for v in value):
+        return pb.AttrValue(dims=pb.DimList(values=type_to_pb(TensorType(DType.F32, value)).shape))
     raise TypeError(f"attribute value {value!r} has no wire form (internal attribute)")
 
 
@@ -96,8 +98,11 @@ def attrs_from_pb(kind: str, attrs: typing.Mapping[str, pb.AttrValue]) -> object
             values[key] = float(got[which])
         elif want is str and which == "s":
             values[key] = av.s
-        elif want == tuple[int, ...] and which == "ints":
+        elif want in (tuple[int, ...], tuple[Dim, ...]) and which == "ints":
             values[key] = got["ints"]
+        elif want == tuple[Dim, ...] and which == "dims":
+            values[key] = tuple(IntVar(d.symbolic.name, d.symbolic.min, d.symbolic.max)
+                                if d.WhichOneof("kind") == "symbolic" else d.static for d in av.dims.values)
         else:
             raise AttrError(key, f"attribute {key!r} of op type {kind!r} must be {getattr(want, '__name__', want)}, "
                                  f"got {which or 'nothing'}")

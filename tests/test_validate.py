@@ -536,3 +536,48 @@ def test_linear_extra_inputs_without_epilogue():
     msg = base_pb()
     msg.ops[0].inputs.append("r")                  # x, w, bias, r: r has no epilogue to feed
     assert_names(rejected(msg), "ops[0] (op 'fc', type 'linear')", "extra inputs")
+
+
+def test_a_symbolic_slice_end_and_a_moved_symbolic_dim_cross_the_wire():
+    from kiln.ops import PermuteAttrs, ReshapeAttrs, SliceAttrs
+
+    s = symbol("S", 2, 6)
+    b = GraphBuilder("seq")
+    ids = b.input("ids", (B, s))
+    table = b.constant("pos", np.arange(8 * 4, dtype=np.float64).reshape(8, 4))
+    pos = b.op("slice", [table], SliceAttrs((0, 0), (s, 4), (1, 1)), name="positions")
+    moved = b.op("reshape", [ids], ReshapeAttrs((0, 1, 0), sources=(0, -1, 1)), name="unsqueeze")
+    graph = b.build(relu(pos, name="act"), b.op("permute", [moved], PermuteAttrs((2, 1, 0)), name="perm"))
+    back = graph_from_pb(graph_to_pb(graph))
+    assert back.ops == graph.ops
+    types = infer_types(back)
+    assert types[pos.name].shape == (s, 4) and types[moved.name].shape == (B, 1, s)
+    out = reference.run(back, {"ids": np.ones((3, 5), np.float32)})
+    assert out[back.outputs[0]].shape == (5, 4) and out[back.outputs[1]].shape == (5, 1, 3)
+
+
+def test_a_symbolic_slice_end_past_the_axis_is_rejected():
+    from kiln.ops import SliceAttrs
+
+    s = symbol("S", 2, 8)
+    b = GraphBuilder("seq")
+    b.input("ids", (B, s))
+    table = b.constant("pos", np.zeros((8, 4)))
+    msg = graph_to_pb(b.build(relu(b.op("slice", [table], SliceAttrs((0, 0), (s, 4), (1, 1)), name="positions"),
+                                   name="act")))
+    msg.inputs[0].type.shape[1].symbolic.max = 9   # S may now exceed the table's 8 rows
+    msg.ops[0].attrs["ends"].dims.values[0].symbolic.max = 9
+    assert_names(rejected(msg), "ops[0] (op 'positions', type 'slice')", "S[2..9]", "at most 8")
+
+
+def test_a_slice_end_no_input_binds_is_rejected():
+    from kiln.ops import SliceAttrs
+
+    b = GraphBuilder("seq")
+    s = symbol("S", 2, 6)
+    b.input("ids", (B, s))
+    table = b.constant("pos", np.zeros((8, 4)))
+    msg = graph_to_pb(b.build(relu(b.op("slice", [table], SliceAttrs((0, 0), (s, 4), (1, 1)), name="positions"),
+                                   name="act")))
+    set_static(msg.inputs[0].type.shape[1], 4)  # no input carries S now: nothing could tell the runtime its value
+    assert_names(rejected(msg), "ops[0] (op 'positions', type 'slice')", "S[2..6]", "graph input")

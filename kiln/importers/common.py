@@ -8,6 +8,7 @@ logical layout back.
 """
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from kiln.dtypes import DType, from_numpy, to_storage
+from kiln.dtypes import DType, from_numpy, storage_dtype, to_storage
 from kiln.ir import Constant, Dim, Graph, IntVar, Op, Tensor, TensorType
 from kiln.ops import (
     BatchNormAttrs,
@@ -32,8 +33,11 @@ from kiln.ops import (
     SliceAttrs,
     get_op,
 )
+from kiln.ops.layout import reshape_attrs
 from kiln.shapes import infer_types
 
+# The largest constant a filled tensor (zeros_like of a symbolic shape) is made from, at its dims' max.
+FILLED_MAX_ELEMENTS = 1 << 24
 TO_NHWC = (0, 2, 3, 1)
 TO_NCHW = (0, 3, 1, 2)
 
@@ -327,20 +331,13 @@ class Builder:
         if x.is_const and all(isinstance(d, int) for d in shape):
             return const_value(np.reshape(x.data, tuple(shape)), x.hint, x.dtype)
         x = self.logical(x)
-        spec = []
-        for i, d in enumerate(shape):
-            if isinstance(d, IntVar):
-                if i >= x.rank or x.shape[i] != d:
-                    raise Refusal(f"reshape of {x.type} to [{', '.join(map(str, shape))}]: a symbolic dim must "
-                                  "keep its position (Kiln cannot merge or move symbolic dims in a reshape)")
-                spec.append(0)
-            elif d == 0:
-                raise Refusal("reshape to an empty tensor")
-            else:
-                spec.append(int(d))
+        attrs = reshape_attrs(x.type, tuple(shape))
+        if attrs is None:
+            raise Refusal(f"reshape of {x.type} to [{', '.join(map(str, shape))}]: each symbolic dim must be "
+                          "carried whole (Kiln cannot merge or split symbolic dims in a reshape)")
         if tuple(shape) == x.shape:
             return x
-        return self.emit("reshape", [x], ReshapeAttrs(tuple(spec)), hint)
+        return self.emit("reshape", [x], attrs, hint)
 
     def permute(self, x: Value, perm: Sequence[int], hint: str) -> Value:
         perm = tuple(p % x.rank for p in perm)
@@ -355,11 +352,21 @@ class Builder:
             return Value(TensorType(x.dtype, tuple(x.shape[p] for p in perm)), name)
         return self.emit("permute", [x], PermuteAttrs(perm), hint)
 
-    def slice(self, x: Value, axis: int, start: int, end: int, step: int, hint: str) -> Value:
+    def slice(self, x: Value, axis: int, start: int, end: int | IntVar, step: int, hint: str) -> Value:
         axis %= x.rank
         d = x.shape[axis]
         if step < 1:
             raise Refusal(f"slice with step {step} (Kiln slices forward only)")
+        if isinstance(end, IntVar):
+            if isinstance(d, IntVar) and end == d and start == 0:
+                return x
+            if isinstance(d, IntVar) or (start, step) != (0, 1) or end.max > d:
+                raise Refusal(f"a slice [{start}:{end}:{step}] of an axis of {d} (a symbolic bound takes "
+                              "the leading elements of a static axis, at most all of them)")
+            x = self.logical(x)
+            ends = [dd.max if isinstance(dd, IntVar) else dd for dd in x.shape]
+            ends[axis] = end
+            return self.emit("slice", [x], SliceAttrs((0,) * x.rank, tuple(ends), (1,) * x.rank), hint)
         if isinstance(d, IntVar):
             if start == 0 and end >= d.max:
                 return x
@@ -377,6 +384,19 @@ class Builder:
         steps = [1] * x.rank
         starts[axis], ends[axis], steps[axis] = start, end, step
         return self.emit("slice", [x], SliceAttrs(tuple(starts), tuple(ends), tuple(steps)), hint)
+
+    def filled(self, t: TensorType, value: float | int | bool, hint: str) -> Value:
+        """A tensor of type t holding `value` everywhere. Symbolic dims: a constant at their
+        max, sliced to their run-time size (zeros_like of a [1, seq] tensor)."""
+        full = tuple(d.max if isinstance(d, IntVar) else d for d in t.shape)
+        if math.prod(full) > FILLED_MAX_ELEMENTS:
+            raise Refusal(f"a {value!r}-filled {t} ({math.prod(full)} elements at its largest)")
+        v = const_value(np.full(full, value, dtype=np.float32 if t.dtype.is_float else storage_dtype(t.dtype)),
+                        hint, t.dtype)
+        for axis, d in enumerate(t.shape):
+            if isinstance(d, IntVar):
+                v = self.slice(v, axis, 0, d, 1, hint)
+        return v
 
     def concat(self, xs: Sequence[Value], axis: int, hint: str) -> Value:
         axis %= xs[0].rank

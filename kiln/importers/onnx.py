@@ -297,9 +297,11 @@ def _cast(imp, node, inputs, attrs) -> list:
 @_on("ConstantOfShape")
 def _constant_of_shape(imp, node, inputs, attrs) -> list:
     shape = _const_ints(inputs[0], "shape")
-    if any(isinstance(d, IntVar) for d in shape):
-        raise Refusal("ConstantOfShape with a symbolic shape (Kiln has no fill op)")
     value = numpy_helper.to_array(attrs["value"]) if "value" in attrs else np.zeros(1, np.float32)
+    if any(isinstance(d, IntVar) for d in shape):
+        # zeros_like of a [1, seq] tensor: a constant at the symbols' max, sliced at run time.
+        dtype = const_value(value).dtype
+        return [imp.b.filled(TensorType(dtype, tuple(shape)), value.reshape(-1)[0].item(), node.output[0])]
     return [const_value(np.full(shape, value.reshape(-1)[0], dtype=value.dtype), node.output[0])]
 
 
@@ -359,13 +361,16 @@ def _slice(imp, node, inputs, attrs) -> list:
     ends = _const_ints(inputs[2], "slice end")
     axes = _const_ints(inputs[3], "slice axes") if len(inputs) > 3 and inputs[3] is not None else list(range(len(starts)))
     steps = _const_ints(inputs[4], "slice steps") if len(inputs) > 4 and inputs[4] is not None else [1] * len(starts)
-    if x.is_const:
+    if x.is_const and not any(isinstance(e, IntVar) for e in ends):
         index = [slice(None)] * x.rank
         for a, s, e, st in zip(axes, starts, ends, steps, strict=True):
             index[a % x.rank] = slice(s, e, st)
         return [_np_or_sym(lambda d: d[tuple(index)], x.data)]
     for a, s, e, st in zip(axes, starts, ends, steps, strict=True):
         d = x.shape[a % x.rank]
+        if isinstance(e, IntVar) and not isinstance(d, IntVar) and (int(s), int(st)) == (0, 1):
+            x = imp.b.slice(x, a, 0, e, 1, node.output[0])  # position_ids[:, :seq]
+            continue
         if isinstance(e, IntVar):
             if e != d:
                 raise Refusal(f"Slice ending at {e} on an axis of size {d}")

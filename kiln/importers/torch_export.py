@@ -454,7 +454,20 @@ def _slice(imp: TorchImporter, node, x, dim=0, start=None, end=None, step=1) -> 
     x = _tensor(x)
     d = x.shape[dim % x.rank]
     size = d.max if isinstance(d, IntVar) else d
+    if isinstance(end, IntVar) and not isinstance(d, IntVar):
+        # position_ids[:, :seq]: the leading `seq` elements of a static axis.
+        return imp.b.slice(x, dim, _index(start, d, 0), end, int(step), node.name)
     return imp.b.slice(x, dim, _index(start, d, 0), min(_index(end, d, size), size), int(step), node.name)
+
+
+@_on("aten.zeros_like.default", "aten.ones_like.default", "aten.full_like.default")
+def _filled_like(imp: TorchImporter, node, x, *args, **kwargs) -> Value:
+    """Static shapes fold in TorchImporter._fold; here the shape has a symbolic dim."""
+    name = str(node.target).split(".")[1]
+    value = {"zeros_like": 0, "ones_like": 1}.get(name, args[0] if args else kwargs.get("fill_value"))
+    if not isinstance(value, int | float | bool):
+        raise Refusal(f"{name} with a fill value that is not a number ({type(value).__name__})")
+    return imp.b.filled(imp.out_type(node), value, node.name)
 
 
 @_on("aten.select.int")

@@ -21,6 +21,9 @@ class ReshapeAttrs:
     # ONNX's convention, which also carries symbolic dims through: 0 copies the
     # input's dim at the same index, -1 (at most once) is inferred.
     shape: tuple[int, ...] = ()
+    # When given (one entry per output dim), a 0 at index i copies input dim sources[i]
+    # instead: a symbolic dim can move, as in mask[:, None, None, :] ([B, S] -> [B, 1, 1, S]).
+    sources: tuple[int, ...] = ()
 
 
 @register
@@ -33,15 +36,18 @@ class Reshape(OpDef):
     def check_attrs(self, attrs: ReshapeAttrs) -> None:
         if sum(1 for d in attrs.shape if d == -1) > 1 or any(d < -1 for d in attrs.shape):
             raise ShapeError(f"reshape: shape {list(attrs.shape)} may hold one -1 and no other negative dim")
+        if attrs.sources and len(attrs.sources) != len(attrs.shape):
+            raise ShapeError(f"reshape: sources {list(attrs.sources)} needs one entry per dim of {list(attrs.shape)}")
 
     def infer(self, inputs: list[TensorType], attrs: ReshapeAttrs) -> list[TensorType]:
         x = inputs[0]
         dims: list[Dim | None] = []
         for i, d in enumerate(attrs.shape):
             if d == 0:
-                if i >= x.rank:
-                    raise ShapeError(f"reshape: 0 at index {i} copies a dim that {x} does not have")
-                dims.append(x.shape[i])
+                src = attrs.sources[i] if attrs.sources else i
+                if not 0 <= src < x.rank:
+                    raise ShapeError(f"reshape: 0 at index {i} copies dim {src}, which {x} does not have")
+                dims.append(x.shape[src])
             else:
                 dims.append(None if d == -1 else d)
         copied = [d for d in dims if isinstance(d, IntVar)]
@@ -59,8 +65,34 @@ class Reshape(OpDef):
 
     def reference(self, inputs: list[np.ndarray], attrs: ReshapeAttrs) -> list[np.ndarray]:
         x = inputs[0]
-        shape = [x.shape[i] if d == 0 else d for i, d in enumerate(attrs.shape)]
+        shape = [x.shape[attrs.sources[i] if attrs.sources else i] if d == 0 else d for i, d in enumerate(attrs.shape)]
         return [x.reshape(shape)]
+
+
+def reshape_attrs(source: TensorType, target: tuple[Dim, ...]) -> ReshapeAttrs | None:
+    """Attrs reshaping `source` to `target` directly: each symbolic dim of target copied from
+    where it sits in source (same index when it can), every other dim given; None when a symbolic
+    dim of target is not one of source's or when shapes do not fit."""
+    spec, sources, used = [], [], set()
+    for i, d in enumerate(target):
+        if isinstance(d, IntVar):
+            here = [i] if i < source.rank and source.shape[i] == d and i not in used else []
+            j = next(iter(here or [k for k, s in enumerate(source.shape) if s == d and k not in used]), None)
+            if j is None:
+                return None
+            used.add(j)
+            spec.append(0)
+            sources.append(j)
+        elif d == 0:
+            return None
+        else:
+            spec.append(int(d))
+            sources.append(-1)
+    moved = any(j != i for i, j in enumerate(sources) if j >= 0)
+    if len(used) != len(source.symbols()):
+        return None
+    return ReshapeAttrs(tuple(spec), tuple(sources) if moved else ())
+
 
 
 @dataclass(frozen=True)
@@ -124,9 +156,10 @@ class Concat(OpDef):
 
 @dataclass(frozen=True)
 class SliceAttrs:
-    # One entry per axis, clamped to the dim by the importer; steps > 0.
+    # One entry per axis, clamped to the dim by the importer; steps > 0. A symbolic end on a
+    # static axis takes that many leading elements (start 0, step 1): position_ids[:, :seq].
     starts: tuple[int, ...] = ()
-    ends: tuple[int, ...] = ()
+    ends: tuple[Dim, ...] = ()
     steps: tuple[int, ...] = ()
 
 
@@ -144,9 +177,15 @@ class Slice(OpDef):
             if st < 1:
                 raise ShapeError(f"slice: step {st} at axis {axis} must be >= 1")
             if isinstance(d, IntVar):
-                if (s, st) != (0, 1) or e < d.max:
+                if (s, st) != (0, 1) or (e != d if isinstance(e, IntVar) else e < d.max):
                     raise ShapeError(f"slice: symbolic axis {axis} ({describe(d)}) can only be kept whole")
                 dims.append(d)
+                continue
+            if isinstance(e, IntVar):
+                if (s, st) != (0, 1) or e.max > d:
+                    raise ShapeError(f"slice: a symbolic end {describe(e)} at axis {axis} needs start 0, step 1 "
+                                     f"and at most {d} elements")
+                dims.append(e)
                 continue
             if not 0 <= s <= e <= d:
                 raise ShapeError(f"slice: [{s}:{e}] at axis {axis} is outside 0..{d}")
@@ -154,6 +193,7 @@ class Slice(OpDef):
         return [TensorType(x.dtype, tuple(dims))]
 
     def reference(self, inputs: list[np.ndarray], attrs: SliceAttrs) -> list[np.ndarray]:
+        # A symbolic end arrives bound to its value (kiln.reference binds symbols before every op).
         index = tuple(slice(s, e, st) for s, e, st in zip(attrs.starts, attrs.ends, attrs.steps, strict=True))
         return [inputs[0][index].copy()]
 

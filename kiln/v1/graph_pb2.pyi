@@ -78,19 +78,27 @@ class IntList(_message.Message):
     values: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, values: _Optional[_Iterable[int]] = ...) -> None: ...
 
+class DimList(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedCompositeFieldContainer[Dim]
+    def __init__(self, values: _Optional[_Iterable[_Union[Dim, _Mapping]]] = ...) -> None: ...
+
 class AttrValue(_message.Message):
-    __slots__ = ("i", "f", "s", "b", "ints")
+    __slots__ = ("i", "f", "s", "b", "ints", "dims")
     I_FIELD_NUMBER: _ClassVar[int]
     F_FIELD_NUMBER: _ClassVar[int]
     S_FIELD_NUMBER: _ClassVar[int]
     B_FIELD_NUMBER: _ClassVar[int]
     INTS_FIELD_NUMBER: _ClassVar[int]
+    DIMS_FIELD_NUMBER: _ClassVar[int]
     i: int
     f: float
     s: str
     b: bool
     ints: IntList
-    def __init__(self, i: _Optional[int] = ..., f: _Optional[float] = ..., s: _Optional[str] = ..., b: _Optional[bool] = ..., ints: _Optional[_Union[IntList, _Mapping]] = ...) -> None: ...
+    dims: DimList
+    def __init__(self, i: _Optional[int] = ..., f: _Optional[float] = ..., s: _Optional[str] = ..., b: _Optional[bool] = ..., ints: _Optional[_Union[IntList, _Mapping]] = ..., dims: _Optional[_Union[DimList, _Mapping]] = ...) -> None: ...
 
 class Op(_message.Message):
     __slots__ = ("name", "type", "inputs", "outputs", "attrs")

@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from kiln.ir import Constant, Graph, Op, TensorType
+from kiln.ir import Constant, Graph, IntVar, Op, TensorType
 from kiln.ops import BINARY, UNARY, PermuteAttrs, ReshapeAttrs, get_op
+from kiln.ops.layout import reshape_attrs
 from kiln.shapes import infer_types
 from planner_svc.passes.rewrite import (
     compose,
@@ -42,7 +43,7 @@ def fold_constants(graph: Graph) -> Graph:
         if (len(op.outputs) != 1 or out in outputs or not op.inputs
                 or not all(n in cmap or n in folded for n in op.inputs)
                 or any((cmap.get(n) or folded[n]).data is None for n in op.inputs)
-                or types[out].max_elements() > FOLD_MAX_ELEMENTS):
+                or not types[out].is_static or types[out].max_elements() > FOLD_MAX_ELEMENTS):
             kept.append(op)
             continue
         values = [constant_array(folded.get(n) or cmap[n]) for n in op.inputs]
@@ -58,16 +59,8 @@ def fold_constants(graph: Graph) -> Graph:
 # --- no-op removal -----------------------------------------------------------------------------
 
 def _reshape_attrs_from(source: TensorType, target: TensorType) -> ReshapeAttrs | None:
-    """Attrs reshaping `source` to `target` directly: symbolic dims must sit at the same index."""
-    dims: list[int] = []
-    for i, d in enumerate(target.shape):
-        if isinstance(d, int):
-            dims.append(d)
-        elif i < source.rank and source.shape[i] == d:
-            dims.append(0)
-        else:
-            return None
-    return ReshapeAttrs(tuple(dims))
+    """Attrs reshaping `source` to `target` directly (each symbolic dim carried whole)."""
+    return reshape_attrs(source, target.shape)
 
 
 # Past this many elements the round-trip check is not worth its NumPy time at plan time.
@@ -133,7 +126,8 @@ def _simplify(op: Op, types: dict[str, TensorType], cmap: dict[str, Constant],
     if op.kind == "cast":
         return op, (x if types[x] == out_t else None)
     if op.kind == "slice":
-        whole = all(s == 0 and st == 1 and (not isinstance(d, int) or e >= d) for s, e, st, d in zip(
+        whole = all(s == 0 and st == 1 and (e == d if isinstance(e, IntVar) else not isinstance(d, int) or e >= d)
+                    for s, e, st, d in zip(
             op.attrs.starts, op.attrs.ends, op.attrs.steps, types[x].shape, strict=True))
         return op, (x if whole else None)
     if op.kind == "concat" and len(op.inputs) == 1:

@@ -51,3 +51,43 @@ def test_model_matches_float64_and_pytorch(tmp_path, name):
           f"kiln vs torch {lb.rel_err(got, theirs):.2e}, {len(built.plan.calls)} kernels")
     assert err < 1e-2, f"{name}: rel err {err} against float64"
     assert lb.rel_err(got, theirs) < 1e-2
+
+
+def bert_with_symbolic_sequence():
+    """A small BERT encoder (fp16) imported with batch 1..4 and sequence 2..64 both symbolic."""
+    import kiln
+    from tests.support import torch_models as tm
+
+    model = tm.bert_encoder(hidden=64, heads=4, layers=2, vocab=1000).half()
+    batch, seq = torch.export.Dim("batch", min=1, max=4), torch.export.Dim("seq", min=2, max=64)
+    ids, mask = tm.bert_inputs(2, 16, 1000)
+    graph = kiln.from_torch(model, (ids, mask), dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}), name="bert_seq")
+    return model, graph
+
+
+def test_one_artifact_serves_every_batch_and_sequence_length(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from tests.support import torch_models as tm
+
+    model, graph = bert_with_symbolic_sequence()
+    built = lb.build_local(graph, "cuda:sm90", tmp_path / "bert_seq")
+    assert "attention" in built.ops()
+    m = Model(built.dir)
+    try:
+        out_name = m.manifest.outputs[0].name
+        for batch, seq in ((1, 16), (3, 9), (2, 64), (4, 2)):
+            ids, mask = tm.bert_inputs(batch, seq, 1000, seed=batch + seq)
+            ref = next(iter(reference.run(graph, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}).values()))
+            y = torch.full((batch, seq, 64), float("nan"), dtype=torch.float16, device="cuda")
+            m.run({"input_ids": ids.cuda(), "attention_mask": mask.cuda()}, out={out_name: y})
+            torch.cuda.synchronize()
+            got = y.float().cpu().numpy()
+            with torch.no_grad():
+                theirs = model.cuda()(ids.cuda(), mask.cuda()).float().cpu().numpy()
+            err = lb.rel_err(got, ref)
+            print(f"bert_seq batch {batch} seq {seq}: kiln vs float64 {err:.2e}, torch fp16 vs float64 "
+                  f"{lb.rel_err(theirs, ref):.2e}")
+            assert err < 1e-2, (batch, seq, err)
+    finally:
+        m.close()

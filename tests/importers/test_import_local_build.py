@@ -78,3 +78,28 @@ def test_vit_runs_on_cpu(source, tmp_path):
         x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch))
         (got,) = model.run({"x": x.numpy()}).values()
         assert rel_err(got, net(x).detach().numpy()) < 1e-4
+
+
+@pytest.mark.parametrize("source", ["torch", "onnx"])
+def test_bert_encoder_with_symbolic_batch_and_sequence(source, tmp_path):
+    # position_ids[:, :seq] is a slice with a symbolic end, zeros_like(positions) a filled constant sliced to
+    # seq, and mask[:, None, None, :] a reshape that moves seq: one artifact serves every (batch, seq).
+    net = torch_models.bert_encoder(hidden=64, heads=4, layers=2, vocab=1000)
+    ids, mask = torch_models.bert_inputs(2, 16, 1000)
+    if source == "torch":
+        batch, seq = Dim("batch", min=1, max=4), Dim("seq", min=2, max=32)
+        graph = kiln.from_torch(net, (ids, mask), dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}),
+                                name="bert")
+    else:
+        dynamic = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}
+        graph = kiln.from_onnx(_onnx(net, (ids, mask), ["input_ids", "attention_mask"], dynamic),
+                               dims={"batch": (1, 4), "seq": (2, 32)}, name="bert")
+    assert [str(d) for d in graph.inputs[0].type.shape] == ["batch[1..4]", "seq[2..32]"]
+    built = build_local(graph, "cpu", tmp_path, single_tu=True)
+    assert "attention" in built.ops()
+    model = Model(built.dir)
+    for batch, seq in ((1, 16), (3, 9), (2, 32), (4, 2)):
+        ids, mask = torch_models.bert_inputs(batch, seq, 1000, seed=batch + seq)
+        (got,) = model.run({"input_ids": ids.numpy(), "attention_mask": mask.numpy()}).values()
+        assert got.shape == (batch, seq, 64)
+        assert rel_err(got, net(ids, mask).detach().numpy()) < 1e-4, (batch, seq)

@@ -228,6 +228,24 @@ def slice_static(dtype: DType) -> Graph:
     return _unary(dtype, "slice_static", "slice", (7, 8), SliceAttrs(starts=(2, 1), ends=(7, 8), steps=(2, 3)))
 
 
+def slice_symbolic_end(dtype: DType) -> Graph:
+    # position_ids[:, :seq]: the leading `batch` rows of a static tensor; y binds the symbol.
+    b = GraphBuilder("slice_symend")
+    n = batch()
+    x = b.input("x", (7, 5), dtype)
+    y = b.input("y", (n, 2), dtype)
+    return b.build(b.op("slice", [x], SliceAttrs(starts=(0, 0), ends=(n, 5), steps=(1, 1))),
+                   b.op("permute", [y], PermuteAttrs((1, 0))))
+
+
+def permute_after_moved_symbol(dtype: DType) -> Graph:
+    # mask[:, None, None, :]-style reshape that moves the symbolic dim ([B, 5] -> [1, B, 1, 5]), then a kernel.
+    b = GraphBuilder("moved_symbol")
+    x = b.input("x", (batch(), 5), dtype)
+    r = b.op("reshape", [x], ReshapeAttrs((1, 0, 1, 5), sources=(-1, 0, -1, -1)))
+    return b.build(b.op("permute", [r], PermuteAttrs((0, 2, 1, 3))))
+
+
 def concat_middle(dtype: DType) -> Graph:
     b = GraphBuilder("concat_middle")
     n = batch()
@@ -448,6 +466,8 @@ CASES: list[tuple[str, CaseFn]] = [
     ("permute_201", permute_201),
     ("slice_steps", slice_steps),
     ("slice_static", slice_static),
+    ("slice_symbolic_end", slice_symbolic_end),
+    ("permute_after_moved_symbol", permute_after_moved_symbol),
     ("concat_middle", concat_middle),
     ("concat_last", concat_last),
     ("concat_first", concat_first),
