@@ -62,16 +62,17 @@ def test_resnet18_from_torch_and_onnx_on_cpu(client: Client, tmp_path):
 
 
 def test_bert_encoder_from_torch_and_onnx_on_cpu(client: Client, tmp_path):
+    # Batch and sequence both symbolic: the position slice's symbolic end crosses the wire as a DimList.
     net = torch_models.bert_encoder(hidden=64, heads=4, layers=2, vocab=1000)
     ids, mask = torch_models.bert_inputs(2, 16, 1000)
-    batch = Dim("batch", min=1, max=4)
-    dynamic = {"input_ids": {0: "batch"}, "attention_mask": {0: "batch"}}
+    batch, seq = Dim("batch", min=1, max=4), Dim("seq", min=2, max=32)
+    dynamic = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}
     graphs = [
-        kiln.from_torch(net, (ids, mask), dynamic_shapes=({0: batch}, {0: batch}), name="bert_torch"),
-        kiln.from_onnx(onnx_export(net, (ids, mask), ["input_ids", "attention_mask"], dynamic), dims={"batch": (1, 4)},
-                       name="bert_onnx"),
+        kiln.from_torch(net, (ids, mask), dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}), name="bert_torch"),
+        kiln.from_onnx(onnx_export(net, (ids, mask), ["input_ids", "attention_mask"], dynamic),
+                       dims={"batch": (1, 4), "seq": (2, 32)}, name="bert_onnx"),
     ]
-    cases = [torch_models.bert_inputs(b, 16, 1000, seed=b) for b in (1, 3)]
+    cases = [torch_models.bert_inputs(b, s, 1000, seed=b) for b, s in ((1, 16), (3, 9))]
     want = [net(i, m).detach().numpy() for i, m in cases]
     for graph in graphs:
         feeds = [{"input_ids": i.numpy(), "attention_mask": m.numpy()} for i, m in cases]
