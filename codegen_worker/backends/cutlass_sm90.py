@@ -35,8 +35,9 @@ CANDIDATES = [
 ]
 # Stream-K (CUTLASS's StreamKScheduler: the K loop split across CTAs when output tiles are
 # fewer than SMs, partial sums fixed up in the workspace) renders and compiles with
-# config "scheduler": "streamk", but it is not profiled by default: in its one H200 profile
-# (ResNet-50) it never won, and each candidate costs every GEMM spec a compile.
+# config "scheduler": "streamk", but it is not profiled by default: its one H200 profile
+# (ResNet-50) was cut off before the picks were saved, so whether it pays is unmeasured, and
+# each candidate costs every GEMM spec a compile.
 STREAMK = {"impl": "cutlass_sm90", "tile": [128, 128, 64], "cluster": [1, 1], "schedule": "cooperative",
            "scheduler": "streamk"}
 # Implicit-GEMM conv: N is the output channels (64..2048 in ResNets), so narrower
