@@ -9,6 +9,7 @@ import numpy as np
 from kiln.dtypes import DType, from_storage, storage_dtype
 from kiln.ir import Graph, IntVar
 from kiln.ops import get_op
+from kiln.shapes import attr_symbols
 
 
 def constant_values(graph: Graph, resolve=None) -> dict[str, np.ndarray]:
@@ -49,7 +50,7 @@ def bind_symbols(graph: Graph, values: dict[str, np.ndarray]) -> dict[str, int]:
 
 def bound_attrs(attrs: Any, sizes: dict[str, int]) -> Any:
     """attrs with every symbolic entry of a tuple field (a slice's symbolic end) replaced by its value."""
-    if attrs is None or not dataclasses.is_dataclass(attrs):
+    if not attr_symbols(attrs):
         return attrs
     changes = {}
     for f in dataclasses.fields(attrs):

@@ -21,8 +21,12 @@ def attr_symbols(attrs: object) -> list[IntVar]:
     """The symbolic dims an op's attributes hold (a slice's symbolic end)."""
     if attrs is None or not dataclasses.is_dataclass(attrs):
         return []
-    return [e for f in dataclasses.fields(attrs) for e in (getattr(attrs, f.name) if isinstance(
-        getattr(attrs, f.name), tuple) else ()) if isinstance(e, IntVar)]
+    found: list[IntVar] = []
+    for f in dataclasses.fields(attrs):
+        value = getattr(attrs, f.name)
+        if isinstance(value, tuple):
+            found += [e for e in value if isinstance(e, IntVar)]
+    return found
 
 
 def infer_types(graph: Graph, *, positions: Mapping[str, int] | None = None) -> dict[str, TensorType]:
