@@ -26,7 +26,7 @@ from kiln.manifest import FORMAT, FileEntry, KernelEntry, Manifest, TensorSig
 from kiln.plan import ExecutionPlan, KernelSpec
 from kiln.profiledb import ProfileDB
 from kiln.targets import Target, get_target
-from kiln.tuning import dispatch_config, profile_points
+from kiln.tuning import profile_points
 from kiln.v1 import graph_pb2
 from kiln.version import compiler_version
 from kiln.wire import type_from_pb
@@ -74,12 +74,11 @@ def register(app: Celery, settings: Settings) -> None:
         if len(candidates) == 1:
             return candidates[0], False
         toolchain = backend.toolchain_version()
-        points = profile_points(spec)
-        picks = [pdb.best(target.device_kind, toolchain, spec.key(), candidates, at) for at in points]
-        if all(p is not None for p in picks):
-            config = dispatch_config(points, picks)
+        config = pdb.tuned(target.device_kind, toolchain, spec, candidates)
+        if config is not None:
             jobs.emit(job_id, log=f"{kernel_id}: config {config} from the fleet profile database")
             return config, True
+        points = profile_points(spec)
         if not farm.workers_online(r, target.profile_queue):
             jobs.emit(job_id, log=f"{kernel_id}: no worker online for {target.profile_queue}; heuristic config")
             return candidates[0], False

@@ -13,6 +13,8 @@ from typing import Any
 import redis
 
 from kiln import keys
+from kiln.plan import KernelSpec
+from kiln.tuning import dispatch_config, profile_points
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,17 @@ class ProfileDB:
         wanted = {json.dumps(c, sort_keys=True) for c in configs}
         ok = [r for r in recs if r.ok and json.dumps(r.config, sort_keys=True) in wanted]
         return ok[0].config if ok else None
+
+    def tuned(self, device_kind: str, toolchain: str, spec: KernelSpec, configs: list[dict[str, Any]],
+              points: list[list[int]] | None = None) -> dict[str, Any] | None:
+        """The spec's one config from the fastest pick at each profile point (by default the
+        spec's own; a range dispatch when picks differ), or None while any point lacks a full
+        measurement."""
+        points = profile_points(spec) if points is None else points
+        picks = [self.best(device_kind, toolchain, spec.key(), configs, at) for at in points]
+        if any(p is None for p in picks):
+            return None
+        return dispatch_config(points, picks)
 
     def export(self) -> list[dict[str, Any]]:
         out = []

@@ -19,14 +19,19 @@ PB_TO_DTYPE = {v: k for k, v in DTYPE_TO_PB.items()}
 INLINE_LIMIT = 1 << 20
 
 
+def dim_to_pb(d: Dim) -> pb.Dim:
+    if isinstance(d, IntVar):
+        return pb.Dim(symbolic=pb.SymbolicDim(name=d.name, min=d.min, max=d.max))
+    return pb.Dim(static=d)
+
+
+def dim_from_pb(d: pb.Dim) -> Dim:
+    """Unchecked conversion; kiln.validate checks before calling this."""
+    return IntVar(d.symbolic.name, d.symbolic.min, d.symbolic.max) if d.WhichOneof("kind") == "symbolic" else d.static
+
+
 def type_to_pb(t: TensorType) -> pb.TensorType:
-    msg = pb.TensorType(dtype=DTYPE_TO_PB[t.dtype], layout="row_major")
-    for d in t.shape:
-        if isinstance(d, IntVar):
-            msg.shape.add(symbolic=pb.SymbolicDim(name=d.name, min=d.min, max=d.max))
-        else:
-            msg.shape.add(static=d)
-    return msg
+    return pb.TensorType(dtype=DTYPE_TO_PB[t.dtype], layout="row_major", shape=[dim_to_pb(d) for d in t.shape])
 
 
 def attr_to_pb(value: object) -> pb.AttrValue:
@@ -41,7 +46,7 @@ def attr_to_pb(value: object) -> pb.AttrValue:
     if isinstance(value, tuple) and all(isinstance(v, int) for v in value):
         return pb.AttrValue(ints=pb.IntList(values=list(value)))
     if isinstance(value, tuple) and all(isinstance(v, int | IntVar) for v in value):
-        return pb.AttrValue(dims=pb.DimList(values=type_to_pb(TensorType(DType.F32, value)).shape))
+        return pb.AttrValue(dims=pb.DimList(values=[dim_to_pb(v) for v in value]))
     raise TypeError(f"attribute value {value!r} has no wire form (internal attribute)")
 
 
@@ -101,8 +106,7 @@ def attrs_from_pb(kind: str, attrs: typing.Mapping[str, pb.AttrValue]) -> object
         elif want in (tuple[int, ...], tuple[Dim, ...]) and which == "ints":
             values[key] = got["ints"]
         elif want == tuple[Dim, ...] and which == "dims":
-            values[key] = tuple(IntVar(d.symbolic.name, d.symbolic.min, d.symbolic.max)
-                                if d.WhichOneof("kind") == "symbolic" else d.static for d in av.dims.values)
+            values[key] = tuple(dim_from_pb(d) for d in av.dims.values)
         else:
             raise AttrError(key, f"attribute {key!r} of op type {kind!r} must be {getattr(want, '__name__', want)}, "
                                  f"got {which or 'nothing'}")
@@ -111,11 +115,7 @@ def attrs_from_pb(kind: str, attrs: typing.Mapping[str, pb.AttrValue]) -> object
 
 def type_from_pb(msg: pb.TensorType) -> TensorType:
     """Unchecked conversion; kiln.validate checks before calling this."""
-    shape = tuple(
-        IntVar(d.symbolic.name, d.symbolic.min, d.symbolic.max) if d.WhichOneof("kind") == "symbolic" else d.static
-        for d in msg.shape
-    )
-    return TensorType(PB_TO_DTYPE[msg.dtype], shape)
+    return TensorType(PB_TO_DTYPE[msg.dtype], tuple(dim_from_pb(d) for d in msg.shape))
 
 
 def constant_from_pb(msg: pb.Constant) -> Constant:

@@ -24,25 +24,34 @@ class CandidateResult:
     error: str = ""
 
 
-def run_candidate(exe: str, index: int, *, runs: int = 20, timeout_s: float = 60.0) -> CandidateResult:
-    """A hang, a crash or garbage output fails this candidate only."""
-    proc = subprocess.Popen([exe, str(index), str(runs)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+def _spawn(args: list[str], timeout_s: float) -> tuple[int, str, str] | None:
+    """(exit status, stdout, stderr) of a run in its own process group; None when it ran past
+    timeout_s, after the whole group (children it forked too) was killed."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
+        return None
+    return proc.returncode, out, err
+
+
+def run_candidate(exe: str, index: int, *, runs: int = 20, timeout_s: float = 60.0) -> CandidateResult:
+    """A hang, a crash or garbage output fails this candidate only."""
+    ran = _spawn([exe, str(index), str(runs)], timeout_s)
+    if ran is None:
         return CandidateResult(index, False, float("inf"), 0, f"timed out after {timeout_s:.0f}s")
-    if proc.returncode < 0:
+    returncode, out, err = ran
+    if returncode < 0:
         return CandidateResult(index, False, float("inf"), 0,
-                               f"killed by signal {signal.Signals(-proc.returncode).name}")
+                               f"killed by signal {signal.Signals(-returncode).name}")
     lines = [line for line in out.splitlines() if line.startswith("{")]
     try:
         data = json.loads(lines[-1])
     except (IndexError, json.JSONDecodeError):
         return CandidateResult(index, False, float("inf"), 0,
-                               f"no JSON result (exit {proc.returncode}): {(err or out)[-300:]}")
+                               f"no JSON result (exit {returncode}): {(err or out)[-300:]}")
     if not data.get("ok"):
         return CandidateResult(index, False, float("inf"), 0, str(data.get("error", "failed")))
     return CandidateResult(index, True, float(data["median_ms"]), int(data["runs"]))
@@ -50,17 +59,11 @@ def run_candidate(exe: str, index: int, *, runs: int = 20, timeout_s: float = 60
 
 def run_together(exe: str, count: int, *, runs: int = 20, timeout_s: float = 60.0) -> list[CandidateResult] | None:
     """Every candidate in one process (`exe all RUNS`); None unless all came back ok, in order."""
-    proc = subprocess.Popen([exe, "all", str(runs)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        return None
-    if proc.returncode != 0:
+    ran = _spawn([exe, "all", str(runs)], timeout_s)
+    if ran is None or ran[0] != 0:
         return None
     results = []
+    out = ran[1]
     for line in out.splitlines():
         if not line.startswith("{"):
             continue

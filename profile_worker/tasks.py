@@ -13,7 +13,6 @@ from kiln.jobs import JobStore
 from kiln.plan import KernelSpec
 from kiln.profiledb import ProfileDB, ProfileRecord
 from kiln.targets import get_target
-from kiln.tuning import dispatch_config
 from profile_worker.device import identify
 from profile_worker.runner import run_all
 
@@ -48,11 +47,8 @@ def register(app: Celery, settings: Settings) -> None:
                 where = f" at {'x'.join(map(str, at))}" if at else ""
                 jobs.emit(job_id, log=f"{kernel_id}: profiled on {me}{where}: {summary}")
         # The database's picks, so this job and every later compile of the kernel agree.
-        picks = [pdb.best(tgt.device_kind, toolchain, kspec.key(), configs, at) for at in points]
-        if all(p is not None for p in picks):
-            config, profiled = dispatch_config(points, picks), True
-        else:
-            config, profiled = configs[0], False
+        best = pdb.tuned(tgt.device_kind, toolchain, kspec, configs, points)
+        config, profiled = (best, True) if best is not None else (configs[0], False)
         app.send_task(farm.TASK_KERNEL, queue=tgt.codegen_queue, kwargs={
             "job_id": job_id, "kernel_id": kernel_id, "spec": spec, "target": target, "profile": True,
             "config": config, "profiled": profiled})
