@@ -40,7 +40,7 @@ for stage in "${@:-tests}"; do
     tune)
       timeout 560 python3 bench/tune.py ${TUNE_ARGS:-} --out "$OUT/picks.json" 2>&1 | tee "$OUT/tune.log" || status=1 ;;
     gemm)
-      timeout 300 python3 bench/gemm_sm90.py --compile --out "$OUT/gemm_sm90.json" 2>&1 | tee "$OUT/gemm_sm90.log" || status=1 ;;
+      timeout 400 python3 bench/gemm_sm90.py ${GEMM_ARGS:-} --out "$OUT/gemm_sm90.json" 2>&1 | tee "$OUT/gemm_sm90.log" || status=1 ;;
     *) echo "unknown stage $stage"; status=2 ;;
   esac
 done

@@ -218,8 +218,11 @@ class GpuBackend(Backend):
             return config == self.default_configs["attention"]
         if "block_q" not in config or "block_k" not in config:
             return False
-        bq, bk = int(config["block_q"]), int(config["block_k"])
-        return (bq > 0 and bk > 0 and bq % 16 == 0 and bk % 16 == 0 and (bq // 16) * 32 <= target.max_threads_per_block
+        bq, bk, rows = int(config["block_q"]), int(config["block_k"]), int(config.get("warp_rows", 16))
+        if rows not in (16, 32) or (rows == 32 and max(ctx["D"], ctx["DV"], bk) > 64):
+            return False  # two row tiles a warp double its S, P and O registers: past 64 they spill
+        return (bq > 0 and bk > 0 and bq % rows == 0 and bk % 16 == 0
+                and (bq // rows) * 32 <= target.max_threads_per_block
                 and attention_mma_smem_bytes(ctx["D"], ctx["DV"], bq, bk) <= target.smem_per_block)
 
 

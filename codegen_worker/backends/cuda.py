@@ -29,7 +29,11 @@ class CudaBackend(GpuBackend):
                        **{op: {"block": 256} for op in GPU_BLOCK_OPS}, "attention": {"block_q": 64, "block_k": 64}}
     candidate_table = {"linear": [{"tile": 32}], "fused_elementwise": [{"block": 128}, {"block": 512}],
                        "attention": [{"block_q": 128, "block_k": 64}, {"block_q": 64, "block_k": 32},
-                                     {"block_q": 128, "block_k": 32}, {"block_q": 64, "block_k": 128}]}
+                                     {"block_q": 128, "block_k": 32}, {"block_q": 64, "block_k": 128},
+                                     # 32 rows a warp: each K/V fragment feeds two mma row tiles.
+                                     {"block_q": 128, "block_k": 64, "warp_rows": 32},
+                                     {"block_q": 64, "block_k": 64, "warp_rows": 32},
+                                     {"block_q": 128, "block_k": 32, "warp_rows": 32}]}
 
     @functools.cache  # noqa: B019
     def toolchain_version(self) -> str:

@@ -13,8 +13,11 @@ from kiln.dtypes import DType
 from kiln.ops import EwInstr
 from kiln.plan import KernelSpec
 
-ACTIVATIONS = {None: "Identity", "relu": "ReLu", "gelu": "GELU", "gelu_tanh": "GELU_taylor", "silu": "SiLu",
-               "sigmoid": "Sigmoid"}
+_THREAD = "cutlass::epilogue::thread::"
+# "gelu" (erf) is Kiln's own functor (templates/gpu/gelu_erf.h): CUTLASS's GELU calls erff,
+# which made BERT's FFN-up GEMM epilogue-bound.
+ACTIVATIONS = {None: _THREAD + "Identity", "relu": _THREAD + "ReLu", "gelu": "KilnGeluErf",
+               "gelu_tanh": _THREAD + "GELU_taylor", "silu": _THREAD + "SiLu", "sigmoid": _THREAD + "Sigmoid"}
 TYPES = {DType.F16: "cutlass::half_t", DType.BF16: "cutlass::bfloat16_t"}
 SCHEDULES = {
     "cooperative": ("cutlass::gemm::KernelTmaWarpSpecializedCooperative",

@@ -147,3 +147,33 @@ def test_head_dims_pick_the_path():
         src = backend.render_kernel(spec, backend.default_config(spec, target), "kiln_k_probe")
         assert ("// ---- tensor-core path" in src) == mma, (d, dv)
         assert ("// ---- SIMT path" in src) != mma, (d, dv)
+
+
+@pytest.mark.parametrize("config,dtype", [({"block_q": 128, "block_k": 64, "warp_rows": 32}, DType.F16),
+                                          ({"block_q": 64, "block_k": 32, "warp_rows": 32}, DType.BF16)])
+def test_two_row_tiles_a_warp_compile(tmp_path, config, dtype):
+    """warp_rows = 32: one padding mask row shared by every query, a mask row per
+    query, and no mask, in one translation unit."""
+    _need("nvcc")
+    batch = IntVar("batch", 1, 8)
+    graph = lb.graph("attention_rows32", *[
+        (lambda b, mask=mask, causal=causal: add_attention(b, dtype, "bshd", d=64, sq=150, sk=211, batch=batch,
+                                                           mask=mask, causal=causal, p=f"{mask}_{causal}."))
+        for mask, causal in (("b11k", True), ("bhqk", False), (None, False))])
+    built = lb.build_local(graph, "cuda:sm90", tmp_path / "a", configs={"attention": config}, single_tu=True)
+    source = (built.dir / "build" / "kernels.cu").read_text()
+    assert source.count("row tiles a warp=2") == 3
+    assert "mask_pairs" in source and "one row serves all of this thread's rows" in source
+    assert (built.dir / "libmodel.so").stat().st_size > 0
+
+
+def test_two_row_tiles_a_warp_only_for_narrow_heads():
+    backend, target = get_backend("cuda"), get_target("cuda:sm90")
+    narrow, wide = _spec("cuda:sm90", DType.F16, 64), _spec("cuda:sm90", DType.F16, 128)
+    assert backend.fits(narrow, target, {"block_q": 128, "block_k": 64, "warp_rows": 32})
+    assert not backend.fits(narrow, target, {"block_q": 128, "block_k": 128, "warp_rows": 32})
+    assert not backend.fits(wide, target, {"block_q": 128, "block_k": 64, "warp_rows": 32})
+    assert not backend.fits(narrow, target, {"block_q": 48, "block_k": 64, "warp_rows": 32})
+    assert not backend.fits(narrow, target, {"block_q": 64, "block_k": 64, "warp_rows": 8})
+    assert any(c.get("warp_rows") == 32 for c in backend.candidate_configs(narrow, target))
+    assert all(c.get("warp_rows", 16) == 16 for c in backend.candidate_configs(wide, target))

@@ -86,3 +86,17 @@ def test_cutlass_implicit_gemm_conv_with_residual_epilogue_compiles():
     obj, log = build.compile_kernel(backend, target, rk)
     assert obj[:4] == b"\x7fELF"
     assert "C7510" not in log
+
+
+PINGPONG = {"impl": "cutlass_sm90", "tile": [128, 128, 64], "cluster": [1, 1], "schedule": "pingpong"}
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+def test_cutlass_gemm_with_kiln_erf_gelu_compiles_on_pingpong():
+    backend, target = get_backend("cuda"), get_target("cuda:sm90")
+    rk = build.render(backend, target, _spec(DType.F16, (EwInstr("gelu", (0,)),)), PINGPONG)
+    assert "KilnGeluErf" in rk.source and "erff(" not in rk.source
+    assert "KernelTmaWarpSpecializedPingpong" in rk.source
+    obj, log = build.compile_kernel(backend, target, rk)
+    assert obj[:4] == b"\x7fELF"
+    assert "C7510" not in log

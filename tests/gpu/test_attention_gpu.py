@@ -146,14 +146,18 @@ def test_key_padding_masks_with_fully_masked_rows(tmp_path, dtype, fill):
 @pytest.mark.parametrize("dtype", HALVES)
 @pytest.mark.parametrize("d", [64, 128])
 def test_every_candidate_config_agrees(tmp_path, dtype, d):
-    """Each tensor-core config (block_q x block_k) that fits gives the
-    reference's answer, with a causal edge inside a key block (d=64) and
-    SQ != SK (d=128)."""
+    """Each tensor-core config (block_q x block_k, 16 or 32 rows a warp) that
+    fits gives the reference's answer, with a causal edge inside a key block
+    and a per-query mask (d=64) and SQ != SK (d=128)."""
     target = get_target(TARGET)
     backend = get_backend("cuda")
     if d == 64:
-        graph = lb.graph("attention_configs", lambda b: add_attention(b, dtype, "bshd", d=64, sq=300, sk=300, batch=BATCH,
-                                                                      mask="b11k", causal=True, p="d64."))
+        # A padding mask (one row for all queries) with causal, and a mask row per query with SQ != SK.
+        graph = lb.graph("attention_configs",
+                         lambda b: add_attention(b, dtype, "bshd", d=64, sq=300, sk=300, batch=BATCH, mask="b11k",
+                                                 causal=True, p="d64."),
+                         lambda b: add_attention(b, dtype, "bshd", d=64, sq=150, sk=211, batch=BATCH, mask="bhqk",
+                                                 p="d64q."))
     else:
         graph = lb.graph("attention_configs", lambda b: add_attention(b, dtype, "bhsd", d=128, sq=150, sk=211,
                                                                       batch=BATCH, p="d128."))

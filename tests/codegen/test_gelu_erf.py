@@ -1,0 +1,42 @@
+"""Kiln's erf GELU (templates/gpu/gelu_erf.h, the CUTLASS epilogue's activation) against math.erf.
+
+The header's host path is the same polynomial with exact 1/d and exp2, compiled
+here with g++; the device path swaps in the approximate reciprocal and exp2,
+whose error the GPU epilogue tests bound.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from codegen_worker.backends.base import TEMPLATES
+
+PROGRAM = r"""
+#include <cstdio>
+#include "gelu_erf.h"
+int main() {
+  float x;
+  while (std::scanf("%f", &x) == 1) std::printf("%.9g\n", kiln_gelu_erf(x));
+  return 0;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed")
+def test_gelu_erf_matches_exact_gelu(tmp_path):
+    (tmp_path / "main.cc").write_text(PROGRAM)
+    exe = tmp_path / "gelu"
+    subprocess.run(["g++", "-O2", "-I", str(TEMPLATES / "gpu"), str(tmp_path / "main.cc"), "-o", str(exe)], check=True)
+    xs = np.concatenate([np.linspace(-12, 12, 4801), [0.0, -0.0, 1e-30, -1e-30, 40.0, -40.0]]).astype(np.float32)
+    out = subprocess.run([str(exe)], input="\n".join(f"{x:.9g}" for x in xs), capture_output=True, text=True,
+                         check=True).stdout.split()
+    got = np.array([float(v) for v in out])
+    want = np.array([0.5 * float(x) * (1.0 + math.erf(float(x) / math.sqrt(2.0))) for x in xs])
+    # A&S 7.1.26 bounds erf's error by 1.5e-7; GELU's is |x|/2 of that, plus float rounding.
+    err = np.abs(got - want) / np.maximum(1.0, np.abs(want))
+    assert err.max() < 4e-7, (xs[err.argmax()], got[err.argmax()], want[err.argmax()])
+    assert got[xs == 40.0][0] == 40.0 and got[xs == -40.0][0] == 0.0
