@@ -10,8 +10,13 @@
 #   bash bench/gpu_check.sh gemm        bench/gemm_sm90.py
 # .gpu/REVISION (gitignored) names the commit under test: the device copy has no git history.
 # CUTLASS headers: carry .cutlass (a copy of the nvidia-cutlass wheel's source/).
+# Pure-Python wheels the box lacks (pytest-xdist, for PYTEST_ARGS="-n 8") travel in .gpu/wheels.
 # Results land in $OUT (the device tool brings them back): logs and JSON.
 set -uo pipefail
+if compgen -G ".gpu/wheels/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/kiln_site .gpu/wheels/*.whl \
+    && export PYTHONPATH="/tmp/kiln_site${PYTHONPATH:+:$PYTHONPATH}"
+fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 [ -d .cutlass/include ] && export KILN_CUTLASS_DIR="$PWD/.cutlass"
 # Objects compiled beforehand on a CPU box (bench/tune.py --prepare), carried in .gpu/objects.
@@ -29,10 +34,10 @@ for stage in "${@:-tests}"; do
         python3 bench/check_artifact.py --dir .gpu/mlp_sm90 --model examples/mlp.py --json "$OUT/mlp_sm90.json" \
           2>&1 | tee "$OUT/mlp_sm90.log" || status=1
       fi
-      timeout "${TESTS_TIMEOUT:-500}" python3 -m pytest -q -rf -m gpu ${TESTS:-tests/gpu} ${TESTS_K:+-k "$TESTS_K"} -p no:cacheprovider 2>&1 \
+      timeout "${TESTS_TIMEOUT:-500}" python3 -m pytest -q -rf -m gpu ${PYTEST_ARGS:-} ${TESTS:-tests/gpu} ${TESTS_K:+-k "$TESTS_K"} -p no:cacheprovider 2>&1 \
         | tee "$OUT/pytest_gpu.log" || status=1 ;;
     attention)
-      timeout 400 python3 bench/attention_sm90.py ${ATTN_ARGS:-} --out "$OUT/attention_sm90.json" 2>&1 \
+      timeout "${ATTN_TIMEOUT:-400}" python3 bench/attention_sm90.py ${ATTN_ARGS:-} --out "$OUT/attention_sm90.json" 2>&1 \
         | tee "$OUT/attention_sm90.log" || status=1 ;;
     models)
       timeout "${MODELS_TIMEOUT:-560}" python3 bench/models.py ${MODELS_ARGS:-} --out "$OUT/models.json" 2>&1 \
