@@ -17,6 +17,7 @@ class Target:
     # compiles: a config over any of them fails to launch or only spills.
     smem_per_block: int = 48 * 1024    # bytes of static shared memory (LDS) a block may declare
     max_threads_per_block: int = 1024
+    max_threads_per_sm: int = 2048     # resident threads an SM (CU) holds: bounds a min-blocks launch bound
     warp_size: int = 32                # AMD CDNA runs 64-wide wavefronts
     max_register_tile: int = 32        # CPU GEMM accumulators (tm * tn): 16 SSE registers of 4 floats, half for loads
 

@@ -219,6 +219,9 @@ class GpuBackend(Backend):
         if "block_q" not in config or "block_k" not in config:
             return False
         bq, bk, rows = int(config["block_q"]), int(config["block_k"]), int(config.get("warp_rows", 16))
+        min_blocks = int(config.get("min_blocks", 1))
+        if not 1 <= min_blocks * (bq // rows) * 32 <= target.max_threads_per_sm:
+            return False
         if rows not in (16, 32) or (rows == 32 and max(ctx["D"], ctx["DV"], bk) > 64):
             return False  # two row tiles a warp double its S, P and O registers: past 64 they spill
         return (bq > 0 and bk > 0 and bq % rows == 0 and bk % 16 == 0

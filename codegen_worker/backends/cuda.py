@@ -33,7 +33,8 @@ class CudaBackend(GpuBackend):
                                      # 32 rows a warp: each K/V fragment feeds two mma row tiles.
                                      {"block_q": 128, "block_k": 64, "warp_rows": 32},
                                      {"block_q": 64, "block_k": 64, "warp_rows": 32},
-                                     {"block_q": 128, "block_k": 32, "warp_rows": 32}]}
+                                     # At most 96 registers (no spills at D = 64): 5 CTAs an SM.
+                                     {"block_q": 64, "block_k": 32, "min_blocks": 5}]}
 
     @functools.cache  # noqa: B019
     def toolchain_version(self) -> str:

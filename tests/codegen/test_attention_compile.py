@@ -177,3 +177,27 @@ def test_two_row_tiles_a_warp_only_for_narrow_heads():
     assert not backend.fits(narrow, target, {"block_q": 64, "block_k": 64, "warp_rows": 8})
     assert any(c.get("warp_rows") == 32 for c in backend.candidate_configs(narrow, target))
     assert all(c.get("warp_rows", 16) == 16 for c in backend.candidate_configs(wide, target))
+
+
+def test_min_blocks_caps_registers(tmp_path):
+    """min_blocks = 5 renders a two-argument launch bound, and ptxas keeps the
+    kernels at 96 registers or fewer (65536 / (5 x 128) = 102, rounded down to
+    a multiple of 8). At D = 64 with 32-key blocks that costs at most a few
+    dozen bytes of spill (52 bytes for the padding-mask kernel with nvcc 13.0)."""
+    _need("nvcc")
+    backend, target = get_backend("cuda"), get_target("cuda:sm90")
+    config = {"block_q": 64, "block_k": 32, "min_blocks": 5}
+    spec = _spec("cuda:sm90", DType.F16, 64)
+    assert config in backend.candidate_configs(spec, target)
+    assert not backend.fits(spec, target, {"block_q": 64, "block_k": 32, "min_blocks": 17})  # 17 x 128 > 2048 threads
+    src = backend.render_kernel(spec, config, "kiln_k_probe")
+    assert "__launch_bounds__(128, 5)" in src
+    (tmp_path / "k.cu").write_text(src)
+    out = subprocess.run(["nvcc", "-std=c++17", "-O3", "-gencode", "arch=compute_90a,code=sm_90a", "-Xptxas", "-v",
+                          "-c", str(tmp_path / "k.cu"), "-o", str(tmp_path / "k.o")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    regs = [int(line.split("Used ")[1].split()[0]) for line in out.stderr.splitlines() if "Used " in line]
+    spills = [int(line.split("bytes spill stores")[0].split(",")[-1]) for line in out.stderr.splitlines()
+              if "spill stores" in line]
+    assert len(regs) == 2 and max(regs) <= 96, out.stderr
+    assert max(spills) <= 128, out.stderr
