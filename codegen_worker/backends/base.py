@@ -231,10 +231,14 @@ class GpuBackend(Backend):
 
 def attention_mma_smem_bytes(d: int, dv: int, block_q: int, block_k: int) -> int:
     """Static shared memory of gpu/attention.j2's tensor-core path: padded K/V
-    stages (two when they fit in 48 KiB, else one), the Q tile aliasing them."""
+    stages (two when they fit in 48 KiB, else one) and the Q tile, beside them
+    when all fit in 48 KiB, else aliasing them."""
     stage = block_k * (d + 8 + dv + 8)
     stages = 2 if 2 * stage * 2 <= 48 * 1024 else 1
-    return 2 * max(block_q * (d + 8), stages * stage)
+    q_tile = block_q * (d + 8)
+    if 2 * (q_tile + stages * stage) <= 48 * 1024:
+        return 2 * (q_tile + stages * stage)
+    return 2 * max(q_tile, stages * stage)
 
 
 def first_line(cmd: list[str], env: dict[str, str] | None = None, last: bool = False) -> str:

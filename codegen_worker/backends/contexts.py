@@ -60,7 +60,27 @@ def _fused(b: Any, spec: KernelSpec) -> Context:
     out = spec.outputs[0]
     return {"numel_out": cexpr.numel_expr(out.shape),
             "offsets": [cexpr.offset_expr(t.shape, out.shape, "i") for t in spec.inputs],
-            "body": cexpr.program_lines(spec.attrs.program, [f"x{i}" for i in range(len(spec.inputs))], "r")}
+            "body": cexpr.program_lines(spec.attrs.program, [f"x{i}" for i in range(len(spec.inputs))], "r"),
+            **_vector_lanes(spec)}
+
+
+_VECTOR_TYPES = (DType.F16, DType.BF16, DType.F32)
+
+
+def _vector_lanes(spec: KernelSpec) -> Context:
+    """How the GPU elementwise kernel moves 16 bytes a thread: `vec` elements of
+    one output row, when the row length is static and a multiple of vec and
+    every tensor is a float of the output's width. Each input then either runs
+    along the row ("row": vec contiguous elements, one 16-byte load) or repeats
+    one value across it ("one": broadcast in the last dim, or a scalar)."""
+    out = spec.outputs[0]
+    item = out.dtype.itemsize
+    last = out.shape[-1] if out.rank else None
+    if (out.dtype not in _VECTOR_TYPES or not isinstance(last, int) or last % (16 // item)
+            or any(t.dtype not in _VECTOR_TYPES or t.dtype.itemsize != item for t in spec.inputs)):
+        return {"vec": 1, "lanes": []}
+    lanes = ["row" if t.rank and t.shape[-1] == last and last != 1 else "one" for t in spec.inputs]
+    return {"vec": 16 // item, "lanes": lanes}
 
 
 @context_for("linear")

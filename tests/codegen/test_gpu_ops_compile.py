@@ -76,4 +76,6 @@ def test_op_kernels_compile_and_link(tmp_path, target_name):
     source = next(iter(built.sources.values())).read_text()
     # The warp-shuffle reduction and the copy engine are what these kinds use.
     assert "KILN_SHFL_DOWN" in source and "KILN_MEMCPY_D2D" in source
+    # The elementwise cases with rows of 16 and 24 take the 16-byte path.
+    assert "_vec_kernel<<<" in source
 

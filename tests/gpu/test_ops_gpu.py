@@ -46,6 +46,7 @@ GROUPS = {
     "cast": ("cast_",),
     "matmul": ("matmul_",),
     "attention": ("attention_",),
+    "elementwise": ("elementwise_",),
 }
 EXACT = {"layout", "embedding", "cast", "im2col"}
 

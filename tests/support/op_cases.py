@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from kiln.builder import GraphBuilder, Value, symbol
+from kiln.builder import GraphBuilder, Value, sigmoid, symbol, tanh
 from kiln.dtypes import DType, storage_dtype
 from kiln.ir import Graph, IntVar
 from kiln.ops import (
@@ -224,6 +224,26 @@ def slice_steps(dtype: DType) -> Graph:
                   SliceAttrs(starts=(0, 1, 2), ends=(n.max, 9, 11), steps=(1, 2, 3)))
 
 
+# --- fused elementwise ----------------------------------------------------------
+def elementwise_vector_rows(dtype: DType) -> Graph:
+    """Rows of 24 (a multiple of 8 halves and of 4 floats): the GPU's 16-byte path,
+    with inputs along the row ([B, 5, 24] and [24]), across it ([B, 5, 1]) and a scalar."""
+    b = GraphBuilder("ew_rows")
+    n = batch()
+    x, y = b.input("x", (n, 5, 24), dtype), b.input("y", (n, 5, 24), dtype)
+    bias, col, s = b.input("bias", (24,), dtype), b.input("col", (n, 5, 1), dtype), b.input("s", (), dtype)
+    return b.build(tanh(x * bias + y) * col - s)
+
+
+def elementwise_vector_position_add(dtype: DType) -> Graph:
+    """BERT's x + position table [1, S, D], and a sigmoid gate: rows of 16."""
+    b = GraphBuilder("ew_pos")
+    n = batch()
+    x = b.input("x", (n, 6, 16), dtype)
+    pos = _const(b, "pos", (1, 6, 16), dtype, seed=3)
+    return b.build(sigmoid(x + pos) * x)
+
+
 def slice_static(dtype: DType) -> Graph:
     return _unary(dtype, "slice_static", "slice", (7, 8), SliceAttrs(starts=(2, 1), ends=(7, 8), steps=(2, 3)))
 
@@ -302,9 +322,9 @@ def concat_broadcast(dtype: DType) -> Graph:
     return b.build(b.op("concat", xs, ConcatAttrs(axis=1)))
 
 
-def _embedding(dtype: DType, name: str, idx_dtype: DType, idx_shape: tuple) -> Graph:
+def _embedding(dtype: DType, name: str, idx_dtype: DType, idx_shape: tuple, width: int = 16) -> Graph:
     b = GraphBuilder(name)
-    table = _const(b, "table", (50, 16), dtype, seed=3)
+    table = _const(b, "table", (50, width), dtype, seed=3)
     idx = b.input("idx", idx_shape, idx_dtype)
     return b.build(b.op("embedding", [table, idx]))
 
@@ -315,6 +335,11 @@ def embedding_int32(dtype: DType) -> Graph:
 
 def embedding_int64(dtype: DType) -> Graph:
     return _embedding(dtype, "embedding_i64", DType.I64, (3, 4))
+
+
+def embedding_odd_width(dtype: DType) -> Graph:
+    # Rows of 6: no 16-byte chunks (the GPU kernel copies element by element).
+    return _embedding(dtype, "embedding_w6", DType.I64, (batch(), 5), width=6)
 
 
 def _cast_graph(name: str, src: DType, dst: DType) -> Graph:
@@ -464,6 +489,8 @@ CASES: list[tuple[str, CaseFn]] = [
     ("permute_0213", permute_0213),
     ("permute_0312", permute_0312),
     ("permute_201", permute_201),
+    ("elementwise_vector_rows", elementwise_vector_rows),
+    ("elementwise_vector_position_add", elementwise_vector_position_add),
     ("slice_steps", slice_steps),
     ("slice_static", slice_static),
     ("slice_symbolic_end", slice_symbolic_end),
@@ -478,6 +505,7 @@ CASES: list[tuple[str, CaseFn]] = [
     ("im2col_nchw", im2col_nchw),
     ("embedding_int32", embedding_int32),
     ("embedding_int64", embedding_int64),
+    ("embedding_odd_width", embedding_odd_width),
     ("cast_from_int64", cast_from_int64),
     ("cast_from_int32", cast_from_int32),
     ("cast_from_bool", cast_from_bool),
