@@ -6,13 +6,17 @@ import os
 from pathlib import Path
 from typing import Any
 
-from codegen_worker.backends import cutlass_sm90
+from codegen_worker.backends import cutlass_sm80, cutlass_sm90
 from codegen_worker.backends.base import GPU_BLOCK_OPS, GpuBackend, first_line, template_env
 from kiln.dtypes import DType
 from kiln.plan import KernelSpec
 from kiln.targets import Target
 
-_GENCODE = {"sm90": "arch=compute_90a,code=sm_90a", "sm80": "arch=compute_80,code=sm_80"}
+# sm80 also embeds its PTX: an Ampere artifact then runs on later GPUs (Hopper JIT-compiles it),
+# which is how its CUTLASS 2.x kernels are checked on the H100/H200 the project has.
+_GENCODE = {"sm90": "arch=compute_90a,code=sm_90a", "sm80": "arch=compute_80,code=[sm_80,compute_80]"}
+# CUTLASS serves linear on both; conv2d only through sm90's implicit GEMM.
+_CUTLASS = {"sm90": cutlass_sm90, "sm80": cutlass_sm80}
 
 
 class CudaBackend(GpuBackend):
@@ -54,29 +58,35 @@ class CudaBackend(GpuBackend):
         return ["nvcc", "-shared", "-Xcompiler", "-fPIC", "-gencode", _GENCODE[target.arch],
                 "-cudart", "static", "-o", str(out), *map(str, objects)]
 
-    # --- CUTLASS sm90 GEMMs (linear) and implicit-GEMM convs (conv2d) ------------
+    # --- CUTLASS GEMMs (linear; sm90 also implicit-GEMM conv2d) ------------------
     def _cutlass(self, spec: KernelSpec, target: Target) -> bool:
-        return target.arch == "sm90" and cutlass_sm90.plan_for(spec) is not None
+        lib = _CUTLASS.get(target.arch)
+        return lib is not None and lib.plan_for(spec) is not None
 
     def default_config(self, spec: KernelSpec, target: Target) -> dict[str, Any]:
         if self._cutlass(spec, target):
-            return dict(cutlass_sm90.defaults(spec)[0])
+            return dict(cutlass_sm90.defaults(spec)[0] if target.arch == "sm90" else cutlass_sm80.DEFAULT)
         return super().default_config(spec, target)
 
     def candidate_configs(self, spec: KernelSpec, target: Target) -> list[dict[str, Any]]:
         if self._cutlass(spec, target):
-            return self.prune(spec, target, [dict(c) for c in cutlass_sm90.defaults(spec)[1]])
+            table = cutlass_sm90.defaults(spec)[1] if target.arch == "sm90" else cutlass_sm80.CANDIDATES
+            return self.prune(spec, target, [dict(c) for c in table])
         return super().candidate_configs(spec, target)
 
     def fits(self, spec: KernelSpec, target: Target, config: dict[str, Any]) -> bool:
-        if config.get("impl") == "cutlass_sm90":
-            return self._cutlass(spec, target) and cutlass_sm90.worth_trying(spec, config)
+        impl = config.get("impl")
+        if impl in ("cutlass_sm90", "cutlass_sm80"):
+            lib = _CUTLASS[impl.removeprefix("cutlass_")]
+            return impl == f"cutlass_{target.arch}" and self._cutlass(spec, target) and lib.worth_trying(spec, config)
         return super().fits(spec, target, config)
 
     def render_kernel(self, spec: KernelSpec, config: dict[str, Any], fn: str) -> str:
-        if config.get("impl") == "cutlass_sm90":
-            ctx = self._context(spec, config, fn) | cutlass_sm90.context(spec, config)
-            return template_env().get_template(cutlass_sm90.template(spec)).render(**ctx)
+        impl = config.get("impl")
+        if impl in ("cutlass_sm90", "cutlass_sm80"):
+            lib = _CUTLASS[impl.removeprefix("cutlass_")]
+            ctx = self._context(spec, config, fn) | lib.context(spec, config)
+            return template_env().get_template(lib.template(spec)).render(**ctx)
         return super().render_kernel(spec, config, fn)
 
 

@@ -12,6 +12,7 @@ from kiln.ir import IntVar, TensorType
 from kiln.ops import EwInstr, LinearAttrs
 from kiln.plan import canonical_spec
 from kiln.targets import get_target
+from tests.support import local_build as lb
 
 
 def _spec(dtype: DType, epilogue: tuple[EwInstr, ...], n: int = 256, k: int = 128):
@@ -26,7 +27,7 @@ def test_eligible_linears_default_to_cutlass_and_others_do_not():
     backend, sm90, sm80 = get_backend("cuda"), get_target("cuda:sm90"), get_target("cuda:sm80")
     gelu = (EwInstr("gelu", (0,)),)
     assert backend.default_config(_spec(DType.F16, gelu), sm90)["impl"] == "cutlass_sm90"
-    assert "impl" not in backend.default_config(_spec(DType.F16, gelu), sm80)
+    assert backend.default_config(_spec(DType.F16, gelu), sm80)["impl"] == "cutlass_sm80"
     assert "impl" not in backend.default_config(_spec(DType.F32, gelu), sm90)       # no fp32 Tensor Core path
     assert "impl" not in backend.default_config(_spec(DType.F16, gelu, n=250), sm90)  # rows not 16-byte aligned
     odd = (EwInstr("mul", (0, 0)),)
@@ -100,3 +101,36 @@ def test_cutlass_gemm_with_kiln_erf_gelu_compiles_on_pingpong():
     obj, log = build.compile_kernel(backend, target, rk)
     assert obj[:4] == b"\x7fELF"
     assert "C7510" not in log
+
+
+def test_sm80_takes_bias_or_residual_but_not_both():
+    from codegen_worker.backends import cutlass_sm80
+
+    relu = (EwInstr("relu", (0,)),)
+    assert cutlass_sm80.plan_for(_spec(DType.F16, relu)).source == "bias"
+    both = _spec(DType.F16, (EwInstr("add", (0, 1)), EwInstr("relu", (2,))))  # bias and a residual
+    assert cutlass_sm80.plan_for(both) is None
+    backend, sm80 = get_backend("cuda"), get_target("cuda:sm80")
+    assert "impl" not in backend.default_config(both, sm80)  # the SIMT kernel serves it
+    # Configs of one architecture never fit the other.
+    assert not backend.fits(_spec(DType.F16, relu), sm80, cutlass_sm90.DEFAULT)
+    assert not backend.fits(_spec(DType.F16, relu), get_target("cuda:sm90"), cutlass_sm80.DEFAULT)
+
+
+# The GPU test (tests/gpu/test_cutlass_sm80.py) runs the same kinds on Hopper through the embedded PTX.
+SM80_KINDS = (("gelu", DType.F16), ("add_relu", DType.F16), ("bias", DType.BF16), ("plain", DType.BF16))
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+def test_sm80_tensor_op_gemms_compile(tmp_path):
+    """CUTLASS 2.x TensorOp GEMMs for cuda:sm80, one translation unit: bias with Kiln's
+    erf GELU, a residual with ReLU (no bias), bias alone, and a plain GEMM."""
+    batch = IntVar("batch", 1, 4096)
+    graph = lb.graph("sm80", *[(lambda b, k=k, dt=dt: lb.add_linear(b, dt, k, m=batch, n=256, k=128, p=f"{k}{dt.value}."))
+                               for k, dt in SM80_KINDS])
+    built = lb.build_local(graph, "cuda:sm80", tmp_path / "a", single_tu=True)
+    impls = {c.kernel: built.configs[c.kernel].get("impl") for c in built.plan.calls}
+    assert set(impls.values()) == {"cutlass_sm80"}, impls
+    source = next(iter(built.sources.values())).read_text()
+    assert source.count("cutlass::arch::Sm80") == len(SM80_KINDS) and "KilnGeluErf" in source
+    assert (built.dir / "libmodel.so").stat().st_size > 0
