@@ -58,11 +58,7 @@ def plan_for(spec: KernelSpec) -> EpiloguePlan | None:
 
 
 def worth_trying(spec: KernelSpec, config: dict[str, Any]) -> bool:
-    """As on sm90: a tile wider than N (rounded up to 64) only computes padding; the default stays."""
-    n = spec.outputs[0].shape[-1]
-    if not isinstance(n, int) or config == DEFAULT:
-        return True
-    return config["tile"][1] <= max(128, -(-n // 64) * 64)
+    return sm90.not_wider_than_output(spec, config, DEFAULT)
 
 
 def context(spec: KernelSpec, config: dict[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,12 @@ SCHEDULES = {
     "pingpong": ("cutlass::gemm::KernelTmaWarpSpecializedPingpong", "cutlass::epilogue::TmaWarpSpecialized"),
 }
 DEFAULT = {"impl": "cutlass_sm90", "tile": [128, 128, 64], "cluster": [1, 1], "schedule": "cooperative"}
+# Stream-K (CUTLASS's StreamKScheduler): the K loop is split across CTAs when the output
+# tiles fill the SMs unevenly (BERT at batch 8: 432 tiles of 128x128 over 132 SMs is 3.3
+# waves), and partial sums are fixed up in the workspace. The profiler decides where it pays;
+# on the H200 it won no BERT-base or ViT-B/16 GEMM.
+STREAMK = {"impl": "cutlass_sm90", "tile": [128, 128, 64], "cluster": [1, 1], "schedule": "cooperative",
+           "scheduler": "streamk"}
 CANDIDATES = [
     DEFAULT,
     {"impl": "cutlass_sm90", "tile": [128, 256, 64], "cluster": [1, 1], "schedule": "cooperative"},
@@ -35,13 +41,8 @@ CANDIDATES = [
     {"impl": "cutlass_sm90", "tile": [128, 128, 64], "cluster": [1, 1], "schedule": "pingpong"},
     # Narrow outputs (ResNet's 64-channel pointwise convs run as GEMMs): half the waste of 128.
     {"impl": "cutlass_sm90", "tile": [128, 64, 64], "cluster": [1, 1], "schedule": "cooperative"},
+    STREAMK,
 ]
-# Stream-K (CUTLASS's StreamKScheduler): the K loop is split across CTAs when the output
-# tiles fill the SMs unevenly (BERT at batch 8: 432 tiles of 128x128 over 132 SMs is 3.3
-# waves), and partial sums are fixed up in the workspace. The profiler decides where it pays.
-STREAMK = {"impl": "cutlass_sm90", "tile": [128, 128, 64], "cluster": [1, 1], "schedule": "cooperative",
-           "scheduler": "streamk"}
-CANDIDATES.append(STREAMK)
 # Implicit-GEMM conv: N is the output channels (64..2048 in ResNets), so narrower
 # tiles matter. CUTLASS 4.2 has only the non-persistent warp-specialized
 # schedule for sm90 conv ("persistent schedules not supported for conv yet").
@@ -60,10 +61,14 @@ CONV_CANDIDATES = [
 
 
 def worth_trying(spec: KernelSpec, config: dict[str, Any]) -> bool:
+    return not_wider_than_output(spec, config, defaults(spec)[0])
+
+
+def not_wider_than_output(spec: KernelSpec, config: dict[str, Any], default: dict[str, Any]) -> bool:
     """Prune before compiling: a tile wider than the output's N (rounded up to 64)
     only computes padding. The default tile always stays: it is the fallback."""
     n = spec.outputs[0].shape[-1]
-    if not isinstance(n, int) or config == defaults(spec)[0]:
+    if not isinstance(n, int) or config == default:
         return True
     return config["tile"][1] <= max(128, -(-n // 64) * 64)
 
