@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import statistics
 import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from bench.models import timed
 from codegen_worker.backends import get_backend
 from kiln.builder import GraphBuilder
 from kiln.dtypes import DType
@@ -40,22 +40,6 @@ from tests.support import local_build as lb
 H, S, D = 12, 384, 64
 BATCHES = (1, 8, 32, 64)
 TARGET = "cuda:sm90"
-
-
-def timed(fn, reps: int, inner: int) -> float:
-    for _ in range(10):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(inner):
-            fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) / inner)
-    return statistics.median(times)
 
 
 def attention_graph(masked: bool) -> Graph:
@@ -100,7 +84,7 @@ def time_sdpa(q, k, v, mask, reps: int, inner: int) -> dict[str, Any]:
         try:
             call()
             torch.cuda.synchronize()
-            results[name] = timed(call, reps, inner)
+            results[name] = timed(call, reps, warmup=10, inner=inner)
         except RuntimeError as err:  # a forced backend that does not take this case
             results[name] = None
             results[name + "_error"] = str(err).splitlines()[0][:200]
@@ -149,7 +133,8 @@ def main() -> None:
                 out = {name: torch.empty(batch, S, H, D, device=dev, dtype=torch.float16)}
                 got = model.run(feeds, out=out)[name]
                 err = float((got.float() - ref).norm() / ref.norm())
-                ms = timed(lambda model=model, feeds=feeds, out=out: model.run(feeds, out=out), args.reps, args.inner)
+                ms = timed(lambda model=model, feeds=feeds, out=out: model.run(feeds, out=out), args.reps,
+                           warmup=10, inner=args.inner)
                 row["kiln"].append({"config": cfg, "ms": ms, "tflops": flops / (ms * 1e-3) / 1e12, "rel_err": err})
             best = min(row["kiln"], key=lambda r: r["ms"])
             row["kiln_default_ms"] = row["kiln"][0]["ms"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import statistics
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -103,28 +102,13 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
+    from bench.models import timed
     from kiln.runtime import Model
-
-    def timed(fn, reps: int = 20, inner: int = 10) -> float:
-        """Median over reps of `inner` back-to-back calls: the host stays ahead of the GPU."""
-        for _ in range(3):
-            fn()
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(reps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(inner):
-                fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / inner)
-        return statistics.median(times)
 
     dev = torch.device("cuda")
     torch.manual_seed(0)
     a = torch.randn(8192, 8192, device=dev, dtype=torch.float16)
-    peak = 2 * 8192**3 / (timed(lambda: a @ a, 10, 3) * 1e-3) / 1e12
+    peak = 2 * 8192**3 / (timed(lambda: a @ a, 10, warmup=3, inner=3) * 1e-3) / 1e12
     rows = []
     for name in cases:
         n, k, kind = CASES[name]
@@ -143,7 +127,7 @@ def main() -> None:
             return y + r if kind == "residual" else y
 
         ref64 = eager().double()
-        eager_ms = timed(eager)
+        eager_ms = timed(eager, 20, warmup=3, inner=10)
         flops = 2 * M * n * k
         for cfg in configs:
             model = Model(b["built"][(name, cfg)].dir)
@@ -153,7 +137,7 @@ def main() -> None:
             torch.cuda.synchronize()
             err = float((out.double() - ref64).norm() / ref64.norm())
             ms = timed(lambda model=model, feeds=feeds, out=out, out_name=out_name:
-                       model.run(feeds, out={out_name: out}))
+                       model.run(feeds, out={out_name: out}), 20, warmup=3, inner=10)
             row = {"gemm": name, "M": M, "N": n, "K": k, "epilogue": kind, "config_name": cfg,
                    "config": CONFIGS[cfg], "rel_err_vs_torch_fp16": err, "kiln_ms": ms,
                    "kiln_tflops": flops / (ms * 1e-3) / 1e12, "eager_ms": eager_ms,
