@@ -196,7 +196,11 @@ def bench_model(name: str, args: argparse.Namespace, peak: float, workdir: Path,
                 m.run(feeds, out={out_name: y}, graph=True)
             torch.cuda.current_stream().wait_stream(stream)
 
-        row: dict[str, Any] = {"batch": batch, "kiln_ms": timed(kiln_run)}
+        # Everything timed is timed once a round, the rounds alternating, so drift on the card
+        # (clocks, temperature) falls on every contender alike; each keeps its median over rounds.
+        contenders: dict[str, Callable[[], Any]] = {"kiln": kiln_run}
+        if args.pdl_ab:
+            contenders["kiln_no_pdl"] = kiln_run
         if heuristic_model is not None:
             y2 = torch.empty_like(y)
 
@@ -204,15 +208,27 @@ def bench_model(name: str, args: argparse.Namespace, peak: float, workdir: Path,
                 with torch.cuda.stream(stream):
                     heuristic_model.run(feeds, out={out_name: y}, graph=True)
                 torch.cuda.current_stream().wait_stream(stream)
-            row["kiln_heuristic_ms"] = timed(heuristic_run)
+            contenders["kiln_heuristic"] = heuristic_run
+        row: dict[str, Any] = {"batch": batch}
         with torch.no_grad():
-            row["eager_ms"] = timed(lambda xs=xs_torch: model16(*xs))
+            contenders["eager"] = lambda xs=xs_torch: model16(*xs)
             for mode, fn in compiled.items():
                 t0 = time.time()
                 fn(*xs_torch)
                 torch.cuda.synchronize()
                 row[f"compile_{mode}_first_call_s"] = round(time.time() - t0, 1)
-                row[f"compile_{mode}_ms"] = timed(lambda xs=xs_torch, fn=fn: fn(*xs))
+                contenders[f"compile_{mode}"] = lambda xs=xs_torch, fn=fn: fn(*xs)
+            samples: dict[str, list[float]] = {k: [] for k in contenders}
+            for _ in range(args.rounds):
+                for key, fn in contenders.items():
+                    if key in ("kiln", "kiln_no_pdl"):
+                        m.set_pdl(key == "kiln")  # recaptures the graph in timed()'s warm-up
+                    samples[key].append(timed(fn))
+            m.set_pdl(True)
+        for key, values in samples.items():
+            row[f"{key}_ms"] = statistics.median(values)
+            if args.rounds > 1:
+                row[f"{key}_rounds_ms"] = values
         flops = graph_flops(graph, sizes)
         row["gflops"] = flops / 1e9
         row["floor_ms"] = flops / (peak * 1e12) * 1e3
@@ -228,6 +244,7 @@ def bench_model(name: str, args: argparse.Namespace, peak: float, workdir: Path,
             save(result)
         print(f"  batch {batch:4d}: kiln {row['kiln_ms']:.3f} ms  "
               + (f"(heuristic {row['kiln_heuristic_ms']:.3f})  " if "kiln_heuristic_ms" in row else "")
+              + (f"(no PDL {row['kiln_no_pdl_ms']:.3f})  " if "kiln_no_pdl_ms" in row else "")
               + "  ".join(f"{k[:-3]} {v:.3f}" for k, v in peers.items())
               + f"  floor {row['floor_ms']:.3f} ({row['kiln_fraction_of_floor']:.0%})", flush=True)
     m.close()
@@ -301,6 +318,9 @@ def main() -> None:
     p.add_argument("--batches", default="", help="comma list replacing every model's batch sizes")
     p.add_argument("--profile", action="store_true",
                    help="profile every GEMM/conv/attention candidate first (bench/tune.py); time both builds")
+    p.add_argument("--rounds", type=int, default=1, help="time every contender this many times, alternating")
+    p.add_argument("--pdl-ab", action="store_true",
+                   help="also time Kiln with programmatic dependent launch off (kiln_no_pdl_ms)")
     p.add_argument("--breakdown-batches", default="1,-1",
                    help="batches of the per-kernel breakdown (negative: from the end of the model's list)")
     args = p.parse_args()

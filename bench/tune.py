@@ -76,14 +76,22 @@ def _compile_all(kernels: list[build.RenderedKernel], jobs: int, work: Path) -> 
     return [by_key[k.object_key] for k in kernels]
 
 
-def prepare(names: list[str], jobs: int) -> None:
-    """Compile every candidate and every default kernel of the models (no GPU needed)."""
+def prepare(names: list[str], jobs: int, picks: Path | None = None) -> None:
+    """Compile every default kernel of the models and every candidate (no GPU needed);
+    with picks (an earlier run's), only the picked candidate of each spec it covers."""
+    from bench.models import earlier_picks
+
     backend, target = get_backend("cuda"), get_target(TARGET)
     kernels = []
     for name in names:
         graph = model_graph(name)
-        for spec, candidates in tuned_specs(graph).values():
-            kernels += [build.render(backend, target, spec, c) for c in candidates]
+        known = earlier_picks(picks, name) if picks else {}
+        for key, (spec, candidates) in tuned_specs(graph).items():
+            if key in known:
+                rk = build.render(backend, target, spec, known[key])
+                kernels += [rk, *rk.parts]  # a dispatch pick links each range's own object
+            else:
+                kernels += [build.render(backend, target, spec, c) for c in candidates]
         for call in lower(run_passes(graph)[0], TARGET).calls:
             kernels.append(build.render(backend, target, call.spec, backend.default_config(call.spec, target)))
     print(f"{len({k.object_key for k in kernels})} objects for {names}", flush=True)
@@ -154,10 +162,11 @@ def main() -> None:
     p.add_argument("--prepare", action="store_true", help="compile every candidate into KILN_OBJECT_CACHE, no GPU")
     p.add_argument("--jobs", type=int, default=16)
     p.add_argument("--out", default="picks.json")
+    p.add_argument("--picks", default="", help="with --prepare: {model: picks} or a models.json; compile only those")
     args = p.parse_args()
     names = args.models.split(",")
     if args.prepare:
-        prepare(names, args.jobs)
+        prepare(names, args.jobs, Path(args.picks) if args.picks else None)
         return
     assert torch.cuda.is_available(), "profiling needs a GPU (use --prepare to only compile)"
     out = {}

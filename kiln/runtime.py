@@ -58,6 +58,16 @@ class Model:
             if self.has_graph_replay:
                 self.lib.kiln_model_run_graph.argtypes = self.lib.kiln_model_run.argtypes
 
+    def set_pdl(self, on: bool) -> bool:
+        """Switch programmatic dependent launch (Hopper: each kernel launched while the one
+        before it finishes; on by default, KILN_PDL=0 turns it off at load). False where
+        the artifact's kernels cannot be launched that way (other targets, older builds)."""
+        fn = getattr(self.lib, "kiln_model_set_pdl", None)
+        if fn is None:
+            return False
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        return fn(self.handle, int(on)) == 0
+
     def close(self) -> None:
         if getattr(self, "handle", None):
             self.lib.kiln_model_destroy(self.handle)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from codegen_worker.backends import cutlass_sm80, cutlass_sm90
-from codegen_worker.backends.base import GPU_BLOCK_OPS, GpuBackend, first_line, template_env
+from codegen_worker.backends.base import GPU_BLOCK_OPS, TEMPLATES, GpuBackend, first_line, template_env
 from kiln.dtypes import DType
 from kiln.plan import KernelSpec
 from kiln.targets import Target
@@ -17,6 +17,9 @@ from kiln.targets import Target
 _GENCODE = {"sm90": "arch=compute_90a,code=sm_90a", "sm80": "arch=compute_80,code=[sm_80,compute_80]"}
 # CUTLASS serves linear on both; conv2d only through sm90's implicit GEMM.
 _CUTLASS = {"sm90": cutlass_sm90, "sm80": cutlass_sm80}
+# Hopper builds launch every kernel for programmatic dependent launch (grid_dependency.h);
+# CUTLASS's sm90 GEMMs then wait on their predecessor through its own GDC hooks.
+_DEFINES = {"sm90": ["-DKILN_GRID_DEPENDENCY", "-DCUTLASS_ENABLE_GDC_FOR_SM90"], "sm80": []}
 
 
 class CudaBackend(GpuBackend):
@@ -48,7 +51,7 @@ class CudaBackend(GpuBackend):
     def flags(self, target: Target) -> list[str]:
         # -DNDEBUG matters: without it CUTLASS wgmma kernels serialise (C7510).
         return ["-std=c++17", "-O3", "-DNDEBUG", "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC",
-                "-gencode", _GENCODE[target.arch]]
+                *_DEFINES[target.arch], "-gencode", _GENCODE[target.arch]]
 
     def compile_object_cmd(self, target: Target, src: Path, out: Path) -> list[str]:
         # Include paths are kept out of flags(): object keys never hash a path.
@@ -57,6 +60,10 @@ class CudaBackend(GpuBackend):
     def link_cmd(self, target: Target, objects: list[Path], out: Path) -> list[str]:
         return ["nvcc", "-shared", "-Xcompiler", "-fPIC", "-gencode", _GENCODE[target.arch],
                 "-cudart", "static", "-o", str(out), *map(str, objects)]
+
+    @property
+    def prelude(self) -> str:
+        return super().prelude + (TEMPLATES / self.template_dir / "grid_dependency.h").read_text()
 
     # --- CUTLASS GEMMs (linear; sm90 also implicit-GEMM conv2d) ------------------
     def _cutlass(self, spec: KernelSpec, target: Target) -> bool:

@@ -17,3 +17,11 @@ static __device__ __forceinline__ float kiln_load(const bool* p, int64_t i) { re
 // A device-to-device copy ordered on the stream (graph-capturable); 0 on success.
 #define KILN_MEMCPY_D2D(dst, src, nbytes, stream) \
   (hipMemcpyAsync((dst), (src), (size_t)(nbytes), hipMemcpyDeviceToDevice, (stream)) == hipSuccess ? 0 : 1)
+// CUDA's programmatic dependent launch has no HIP counterpart: plain launches.
+static __device__ __forceinline__ void kiln_pdl_enter() {}
+template <typename... P, typename... A>
+static inline hipError_t kiln_launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, hipStream_t stream,
+                                     A&&... args) {
+  kernel<<<grid, block, smem, stream>>>(static_cast<P>(args)...);
+  return hipGetLastError();
+}
