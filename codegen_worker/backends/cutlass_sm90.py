@@ -14,10 +14,11 @@ from kiln.ops import EwInstr
 from kiln.plan import KernelSpec
 
 _THREAD = "cutlass::epilogue::thread::"
-# "gelu" (erf) is Kiln's own functor (templates/gpu/gelu_erf.h): CUTLASS's GELU calls erff,
-# which made BERT's FFN-up GEMM epilogue-bound.
+# Both GELUs are Kiln's own functors. CUTLASS's erf GELU calls erff, which made BERT's FFN-up
+# GEMM epilogue-bound (templates/gpu/gelu_erf.h); its tanh GELU takes tanh.approx, 11 bits,
+# where PyTorch is accurate (templates/gpu/gelu_tanh.h).
 ACTIVATIONS = {None: _THREAD + "Identity", "relu": _THREAD + "ReLu", "gelu": "KilnGeluErf",
-               "gelu_tanh": _THREAD + "GELU_taylor", "silu": _THREAD + "SiLu", "sigmoid": _THREAD + "Sigmoid"}
+               "gelu_tanh": "KilnGeluTanh", "silu": _THREAD + "SiLu", "sigmoid": _THREAD + "Sigmoid"}
 TYPES = {DType.F16: "cutlass::half_t", DType.BF16: "cutlass::bfloat16_t"}
 SCHEDULES = {
     "cooperative": ("cutlass::gemm::KernelTmaWarpSpecializedCooperative",

@@ -118,13 +118,14 @@ def test_sm80_takes_bias_or_residual_but_not_both():
 
 
 # The GPU test (tests/gpu/test_cutlass_sm80.py) runs the same kinds on Hopper through the embedded PTX.
-SM80_KINDS = (("gelu", DType.F16), ("add_relu", DType.F16), ("bias", DType.BF16), ("plain", DType.BF16))
+SM80_KINDS = (("gelu", DType.F16), ("add_relu", DType.F16), ("bias", DType.BF16), ("plain", DType.BF16),
+              ("gelu_tanh", DType.BF16))
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
 def test_sm80_tensor_op_gemms_compile(tmp_path):
     """CUTLASS 2.x TensorOp GEMMs for cuda:sm80, one translation unit: bias with Kiln's
-    erf GELU, a residual with ReLU (no bias), bias alone, and a plain GEMM."""
+    erf GELU, a residual with ReLU (no bias), bias alone, a plain GEMM and bias with the tanh GELU."""
     batch = IntVar("batch", 1, 4096)
     graph = lb.graph("sm80", *[(lambda b, k=k, dt=dt: lb.add_linear(b, dt, k, m=batch, n=256, k=128, p=f"{k}{dt.value}."))
                                for k, dt in SM80_KINDS])
@@ -132,5 +133,6 @@ def test_sm80_tensor_op_gemms_compile(tmp_path):
     impls = {c.kernel: built.configs[c.kernel].get("impl") for c in built.plan.calls}
     assert set(impls.values()) == {"cutlass_sm80"}, impls
     source = next(iter(built.sources.values())).read_text()
-    assert source.count("cutlass::arch::Sm80") == len(SM80_KINDS) and "KilnGeluErf" in source
+    assert source.count("cutlass::arch::Sm80") == len(SM80_KINDS)
+    assert "KilnGeluErf" in source and "KilnGeluTanh" in source
     assert (built.dir / "libmodel.so").stat().st_size > 0

@@ -1,4 +1,4 @@
-"""Kiln's erf GELU (templates/gpu/gelu_erf.h, the CUTLASS epilogue's activation) against math.erf.
+"""Kiln's GELUs (templates/gpu/gelu_erf.h, gelu_tanh.h: CUTLASS epilogue activations) against math.erf, math.tanh.
 
 The header's host path is the same polynomial with exact 1/d and exp2, compiled
 here with g++; the device path swaps in the approximate reciprocal and exp2,
@@ -38,5 +38,26 @@ def test_gelu_erf_matches_exact_gelu(tmp_path):
     want = np.array([0.5 * float(x) * (1.0 + math.erf(float(x) / math.sqrt(2.0))) for x in xs])
     # A&S 7.1.26 bounds erf's error by 1.5e-7; GELU's is |x|/2 of that, plus float rounding.
     err = np.abs(got - want) / np.maximum(1.0, np.abs(want))
+    assert err.max() < 4e-7, (xs[err.argmax()], got[err.argmax()], want[err.argmax()])
+    assert got[xs == 40.0][0] == 40.0 and got[xs == -40.0][0] == 0.0
+
+
+TANH_PROGRAM = PROGRAM.replace("gelu_erf.h", "gelu_tanh.h").replace("kiln_gelu_erf(x)", "kiln_gelu_tanh(x)")
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed")
+def test_gelu_tanh_matches_the_tanh_formula(tmp_path):
+    """gelu_tanh.h computes x * sigmoid(2u); PyTorch's tanh GELU is 0.5 x (1 + tanh(u))."""
+    (tmp_path / "main.cc").write_text(TANH_PROGRAM)
+    exe = tmp_path / "gelu_tanh"
+    subprocess.run(["g++", "-O2", "-I", str(TEMPLATES / "gpu"), str(tmp_path / "main.cc"), "-o", str(exe)], check=True)
+    xs = np.concatenate([np.linspace(-12, 12, 4801), [0.0, -0.0, 1e-30, -1e-30, 40.0, -40.0]]).astype(np.float32)
+    out = subprocess.run([str(exe)], input="\n".join(f"{x:.9g}" for x in xs), capture_output=True, text=True,
+                         check=True).stdout.split()
+    got = np.array([float(v) for v in out])
+    c = math.sqrt(2.0 / math.pi)
+    want = np.array([0.5 * float(x) * (1.0 + math.tanh(c * (float(x) + 0.044715 * float(x) ** 3))) for x in xs])
+    err = np.abs(got - want) / np.maximum(1.0, np.abs(want))
+    # tanh.approx (CUTLASS's GELU_taylor) is off by ~5e-4 here; float rounding alone is ~1e-7.
     assert err.max() < 4e-7, (xs[err.argmax()], got[err.argmax()], want[err.argmax()])
     assert got[xs == 40.0][0] == 40.0 and got[xs == -40.0][0] == 0.0

@@ -14,7 +14,7 @@ from tests.support import local_build as lb
 
 pytestmark = pytest.mark.gpu
 TARGET = "cuda:sm90"
-KINDS = ("plain", "bias", "gelu", "residual", "add_relu")
+KINDS = ("plain", "bias", "gelu", "gelu_tanh", "silu", "sigmoid", "residual", "add_relu")
 
 
 @pytest.mark.parametrize("dtype", [DType.F16, DType.BF16])

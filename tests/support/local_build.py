@@ -348,6 +348,12 @@ def add_linear(b: GraphBuilder, dtype: DType, kind: str, m: Dim = 7, n: int = 33
         return linear(x, w, bias)
     if kind == "gelu":
         return gelu(linear(x, w, bias))
+    if kind == "gelu_tanh":
+        return gelu_tanh(linear(x, w, bias))
+    if kind == "silu":
+        return silu(linear(x, w, bias))
+    if kind == "sigmoid":
+        return sigmoid(linear(x, w))
     r = b.input(f"{p}r", (m, n), dtype)
     if kind == "residual":
         return linear(x, w, bias) + r
