@@ -17,47 +17,45 @@ from codegen_worker.backends.base import TEMPLATES
 
 PROGRAM = r"""
 #include <cstdio>
-#include "gelu_erf.h"
+#include "HEADER"
 int main() {
   float x;
-  while (std::scanf("%f", &x) == 1) std::printf("%.9g\n", kiln_gelu_erf(x));
+  while (std::scanf("%f", &x) == 1) std::printf("%.9g\n", FN(x));
   return 0;
 }
 """
+XS = np.concatenate([np.linspace(-12, 12, 4801), [0.0, -0.0, 1e-30, -1e-30, 40.0, -40.0]]).astype(np.float32)
+
+
+def host_values(tmp_path, header: str, fn: str) -> np.ndarray:
+    """fn over XS, through the header's host path compiled with g++."""
+    (tmp_path / "main.cc").write_text(PROGRAM.replace("HEADER", header).replace("FN", fn))
+    exe = tmp_path / "gelu"
+    subprocess.run(["g++", "-O2", "-I", str(TEMPLATES / "gpu"), str(tmp_path / "main.cc"), "-o", str(exe)], check=True)
+    out = subprocess.run([str(exe)], input="\n".join(f"{x:.9g}" for x in XS), capture_output=True, text=True,
+                         check=True).stdout.split()
+    return np.array([float(v) for v in out])
+
+
+def check(got: np.ndarray, want: np.ndarray, bound: float) -> None:
+    err = np.abs(got - want) / np.maximum(1.0, np.abs(want))
+    assert err.max() < bound, (XS[err.argmax()], got[err.argmax()], want[err.argmax()])
+    assert got[XS == 40.0][0] == 40.0 and got[XS == -40.0][0] == 0.0
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed")
 def test_gelu_erf_matches_exact_gelu(tmp_path):
-    (tmp_path / "main.cc").write_text(PROGRAM)
-    exe = tmp_path / "gelu"
-    subprocess.run(["g++", "-O2", "-I", str(TEMPLATES / "gpu"), str(tmp_path / "main.cc"), "-o", str(exe)], check=True)
-    xs = np.concatenate([np.linspace(-12, 12, 4801), [0.0, -0.0, 1e-30, -1e-30, 40.0, -40.0]]).astype(np.float32)
-    out = subprocess.run([str(exe)], input="\n".join(f"{x:.9g}" for x in xs), capture_output=True, text=True,
-                         check=True).stdout.split()
-    got = np.array([float(v) for v in out])
-    want = np.array([0.5 * float(x) * (1.0 + math.erf(float(x) / math.sqrt(2.0))) for x in xs])
+    got = host_values(tmp_path, "gelu_erf.h", "kiln_gelu_erf")
+    want = np.array([0.5 * float(x) * (1.0 + math.erf(float(x) / math.sqrt(2.0))) for x in XS])
     # A&S 7.1.26 bounds erf's error by 1.5e-7; GELU's is |x|/2 of that, plus float rounding.
-    err = np.abs(got - want) / np.maximum(1.0, np.abs(want))
-    assert err.max() < 4e-7, (xs[err.argmax()], got[err.argmax()], want[err.argmax()])
-    assert got[xs == 40.0][0] == 40.0 and got[xs == -40.0][0] == 0.0
-
-
-TANH_PROGRAM = PROGRAM.replace("gelu_erf.h", "gelu_tanh.h").replace("kiln_gelu_erf(x)", "kiln_gelu_tanh(x)")
+    check(got, want, 4e-7)
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed")
 def test_gelu_tanh_matches_the_tanh_formula(tmp_path):
     """gelu_tanh.h computes x * sigmoid(2u); PyTorch's tanh GELU is 0.5 x (1 + tanh(u))."""
-    (tmp_path / "main.cc").write_text(TANH_PROGRAM)
-    exe = tmp_path / "gelu_tanh"
-    subprocess.run(["g++", "-O2", "-I", str(TEMPLATES / "gpu"), str(tmp_path / "main.cc"), "-o", str(exe)], check=True)
-    xs = np.concatenate([np.linspace(-12, 12, 4801), [0.0, -0.0, 1e-30, -1e-30, 40.0, -40.0]]).astype(np.float32)
-    out = subprocess.run([str(exe)], input="\n".join(f"{x:.9g}" for x in xs), capture_output=True, text=True,
-                         check=True).stdout.split()
-    got = np.array([float(v) for v in out])
+    got = host_values(tmp_path, "gelu_tanh.h", "kiln_gelu_tanh")
     c = math.sqrt(2.0 / math.pi)
-    want = np.array([0.5 * float(x) * (1.0 + math.tanh(c * (float(x) + 0.044715 * float(x) ** 3))) for x in xs])
-    err = np.abs(got - want) / np.maximum(1.0, np.abs(want))
+    want = np.array([0.5 * float(x) * (1.0 + math.tanh(c * (float(x) + 0.044715 * float(x) ** 3))) for x in XS])
     # tanh.approx (CUTLASS's GELU_taylor) is off by ~5e-4 here; float rounding alone is ~1e-7.
-    assert err.max() < 4e-7, (xs[err.argmax()], got[err.argmax()], want[err.argmax()])
-    assert got[xs == 40.0][0] == 40.0 and got[xs == -40.0][0] == 0.0
+    check(got, want, 4e-7)
