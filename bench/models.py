@@ -130,9 +130,15 @@ def bench_model(name: str, args: argparse.Namespace, peak: float, workdir: Path,
     graph = kiln.from_torch(model16, example, dynamic_shapes=dyn, name=name)
     import_s = time.time() - t0
     t0 = time.time()
-    heuristic = lb.build_local(graph, "cuda:sm90", workdir / name, jobs=args.jobs)
+    tuning = None
+    if args.picks and not args.profile:
+        # An earlier run's picks, trusted as they are: one build, nothing profiled, no heuristic twin.
+        known = earlier_picks(Path(args.picks), name)
+        built = heuristic = lb.build_local(graph, "cuda:sm90", workdir / name, known, jobs=args.jobs)
+        tuning = {"picks": known, "from": args.picks}
+    else:
+        heuristic = built = lb.build_local(graph, "cuda:sm90", workdir / name, jobs=args.jobs)
     build_s = time.time() - t0
-    built, tuning = heuristic, None
     if args.profile:
         from bench.tune import profile
 
@@ -156,7 +162,7 @@ def bench_model(name: str, args: argparse.Namespace, peak: float, workdir: Path,
                               "kernels": len(kernels), "kernel_impls": impls,
                               "arena_mib": built.plan.arena_bytes / 2**20,
                               "activations_sum_mib": built.plan.activation_bytes_total / 2**20, "rows": [],
-                              "profiled": tuning is not None, "tuning": tuning}
+                              "profiled": args.profile, "tuning": tuning}
     # Correctness on fresh inputs against float64 (small batch: NumPy float64 is slow).
     check_batch = 2
     feeds_t = tuple(t.half() if t.is_floating_point() else t for t in inputs(check_batch, seed=123))
@@ -169,7 +175,7 @@ def bench_model(name: str, args: argparse.Namespace, peak: float, workdir: Path,
         torch_out = model16.cuda()(*(t.cuda() for t in feeds_t)).float().cpu().numpy()
     result["rel_err_kiln_vs_fp64"] = lb.rel_err(got, ref)
     result["rel_err_torch_fp16_vs_fp64"] = lb.rel_err(torch_out, ref)
-    heuristic_model = Model(heuristic.dir) if tuning is not None else None
+    heuristic_model = Model(heuristic.dir) if heuristic is not built else None
     save(result)
     print(f"{name}: import {import_s:.0f} s, build {build_s:.0f} s, {len(kernels)} kernels {impls}, "
           f"rel err kiln {result['rel_err_kiln_vs_fp64']:.2e} torch-fp16 {result['rel_err_torch_fp16_vs_fp64']:.2e}",
@@ -314,7 +320,9 @@ def main() -> None:
     p.add_argument("--models", default="resnet50,bert_base")
     p.add_argument("--compile-modes", default="default", help="comma list of torch.compile modes ('' for none)")
     p.add_argument("--jobs", type=int, default=16)
-    p.add_argument("--picks", default="", help="{model: {spec key: config}} or an earlier models.json: not profiled again")
+    p.add_argument("--picks", default="",
+                   help="{model: {spec key: config}} or an earlier models.json: built as picked (with --profile: "
+                        "only the specs it lacks are profiled)")
     p.add_argument("--batches", default="", help="comma list replacing every model's batch sizes")
     p.add_argument("--profile", action="store_true",
                    help="profile every GEMM/conv/attention candidate first (bench/tune.py); time both builds")

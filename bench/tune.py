@@ -78,7 +78,8 @@ def _compile_all(kernels: list[build.RenderedKernel], jobs: int, work: Path) -> 
 
 def prepare(names: list[str], jobs: int, picks: Path | None = None) -> None:
     """Compile every default kernel of the models and every candidate (no GPU needed);
-    with picks (an earlier run's), only the picked candidate of each spec it covers."""
+    with picks (an earlier run's), only what bench/models.py --picks builds: the pick of
+    each spec it covers and the default of every other kernel."""
     from bench.models import earlier_picks
 
     backend, target = get_backend("cuda"), get_target(TARGET)
@@ -93,7 +94,8 @@ def prepare(names: list[str], jobs: int, picks: Path | None = None) -> None:
             else:
                 kernels += [build.render(backend, target, spec, c) for c in candidates]
         for call in lower(run_passes(graph)[0], TARGET).calls:
-            kernels.append(build.render(backend, target, call.spec, backend.default_config(call.spec, target)))
+            if call.spec.key() not in known:
+                kernels.append(build.render(backend, target, call.spec, backend.default_config(call.spec, target)))
     print(f"{len({k.object_key for k in kernels})} objects for {names}", flush=True)
     t0 = time.time()
     _compile_all(kernels, jobs, Path(tempfile.mkdtemp(prefix="kiln-prepare-")))
