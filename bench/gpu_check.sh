@@ -49,4 +49,8 @@ for stage in "${@:-tests}"; do
     *) echo "unknown stage $stage"; status=2 ;;
   esac
 done
+# Objects compiled here come back too (SAVE_OBJECTS=1), for the next call's carried cache.
+if [ -n "${SAVE_OBJECTS:-}" ] && [ -d .gpu/objects ]; then
+  mkdir -p "$OUT/objects" && find .gpu/objects -name '*.o' -newer .gpu/REVISION -exec cp {} "$OUT/objects/" \;
+fi
 exit $status

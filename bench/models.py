@@ -234,7 +234,7 @@ def bench_model(name: str, args: argparse.Namespace, peak: float, workdir: Path,
         for key, values in samples.items():
             row[f"{key}_ms"] = statistics.median(values)
             if args.rounds > 1:
-                row[f"{key}_rounds_ms"] = values
+                row[f"{key}_ms_rounds"] = values  # not *_ms: peers are the *_ms keys
         flops = graph_flops(graph, sizes)
         row["gflops"] = flops / 1e9
         row["floor_ms"] = flops / (peak * 1e12) * 1e3
