@@ -18,7 +18,9 @@ PEERS = ("eager_ms", "compile_default_ms", "compile_reduce-overhead_ms", "compil
 def rows_table(models: list[dict[str, Any]]) -> list[str]:
     peers = [p for p in PEERS if any(p in r for m in models for r in m.get("rows", []))]
     no_pdl = any("kiln_no_pdl_ms" in r for m in models for r in m.get("rows", []))
-    head = ["model", "batch", "Kiln profiled ms", "Kiln heuristic ms", *(["Kiln without PDL ms"] if no_pdl else []),
+    heuristic = any("kiln_heuristic_ms" in r for m in models for r in m.get("rows", []))
+    head = ["model", "batch", "Kiln ms", *(["Kiln heuristic ms"] if heuristic else []),
+            *(["Kiln without PDL ms"] if no_pdl else []),
             *[p.removesuffix("_ms") + " ms" for p in peers],
             "floor ms", "Kiln / floor", "vs best peer"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -26,8 +28,9 @@ def rows_table(models: list[dict[str, Any]]) -> list[str]:
         for r in m.get("rows", []):
             best = min((r[p] for p in peers if p in r), default=math.inf)
             kiln = r["kiln_ms"]
-            cells = [m["model"], str(r["batch"]), f"**{kiln:.3f}**" if kiln <= best else f"{kiln:.3f}",
-                     f"{r.get('kiln_heuristic_ms', math.nan):.3f}"]
+            cells = [m["model"], str(r["batch"]), f"**{kiln:.3f}**" if kiln <= best else f"{kiln:.3f}"]
+            if heuristic:
+                cells.append(f"{r.get('kiln_heuristic_ms', math.nan):.3f}")
             if no_pdl:
                 cells.append(f"{r.get('kiln_no_pdl_ms', math.nan):.3f}")
             cells += [(f"**{r[p]:.3f}**" if r[p] == best and r[p] < kiln else f"{r[p]:.3f}") if p in r else "-"
