@@ -100,11 +100,32 @@ def match_epilogue(program: tuple[EwInstr, ...], n_values: int) -> tuple[str | N
     return None
 
 
+# Ops whose CUTLASS kernel is the backend's default where it applies. matmul's is only a
+# profiled candidate, checked against the SIMT kernel: it has not yet run on a GPU.
+DEFAULT_OPS = ("linear", "conv2d")
+
+
+def matmul_batching(spec: KernelSpec) -> str | None:
+    """How a matmul maps onto one CUTLASS GEMM: "fold" (b has no batch dims: a's batch
+    folds into M), "batched" (a and b have the same batch dims: L = their product),
+    or None (a broadcast between them, which the packed batch strides cannot express)."""
+    a, b, out = spec.inputs[0], spec.inputs[1], spec.outputs[0]
+    if b.rank == 2:
+        return "fold"
+    return "batched" if a.shape[:-2] == b.shape[:-2] == out.shape[:-2] else None
+
+
 def plan_for(spec: KernelSpec) -> EpiloguePlan | None:
-    """How CUTLASS computes this linear or conv2d, or None when it cannot."""
+    """How CUTLASS computes this linear, conv2d or matmul, or None when it cannot."""
     out = spec.outputs[0]
-    if spec.op not in ("linear", "conv2d") or out.dtype not in TYPES or any(t.dtype != out.dtype for t in spec.inputs):
+    if (spec.op not in ("linear", "conv2d", "matmul") or out.dtype not in TYPES
+            or any(t.dtype != out.dtype for t in spec.inputs)):
         return None
+    if spec.op == "matmul":
+        k, n = spec.inputs[0].shape[-1], spec.inputs[1].shape[-1]
+        if not (isinstance(k, int) and isinstance(n, int)) or k % 8 or n % 8 or matmul_batching(spec) is None:
+            return None  # TMA needs 16-byte aligned rows of a (K) and of b and out (N)
+        return EpiloguePlan(ACTIVATIONS[None], None)
     if spec.op == "linear":
         k, n = spec.inputs[0].shape[-1], spec.inputs[1].shape[0]
     else:
@@ -139,6 +160,8 @@ def context(spec: KernelSpec, config: dict[str, Any]) -> dict[str, Any]:
            "tile_scheduler": {"streamk": "cutlass::gemm::StreamKScheduler"}.get(config.get("scheduler", ""), "")}
     if spec.op == "conv2d":
         ctx["PB"], ctx["PR"] = spec.attrs.pads[2], spec.attrs.pads[3]
+    if spec.op == "matmul":
+        ctx["batching"] = matmul_batching(spec)
     return ctx
 
 

@@ -10,6 +10,7 @@ from codegen_worker.backends import cutlass_sm90, get_backend
 from kiln.dtypes import DType
 from kiln.ir import IntVar, TensorType
 from kiln.ops import EwInstr, LinearAttrs
+from kiln.ops.gemm import Matmul, MatmulAttrs
 from kiln.plan import canonical_spec
 from kiln.targets import get_target
 from tests.support import local_build as lb
@@ -136,3 +137,40 @@ def test_sm80_tensor_op_gemms_compile(tmp_path):
     assert source.count("cutlass::arch::Sm80") == len(SM80_KINDS)
     assert "KilnGeluErf" in source and "KilnGeluTanh" in source
     assert (built.dir / "libmodel.so").stat().st_size > 0
+
+
+def _matmul_spec(dtype: DType, a_shape: tuple, b_shape: tuple):
+    ins = [TensorType(dtype, a_shape), TensorType(dtype, b_shape)]
+    out = Matmul().infer(ins, MatmulAttrs())
+    return canonical_spec("matmul", MatmulAttrs(), ins, out)[0]
+
+
+def test_matmul_cutlass_is_a_candidate_behind_the_simt_default():
+    backend, sm90, sm80 = get_backend("cuda"), get_target("cuda:sm90"), get_target("cuda:sm80")
+    b = IntVar("b", 1, 64)
+    folded = _matmul_spec(DType.F16, (b, 77, 64), (64, 128))           # b has no batch: folds into M
+    batched = _matmul_spec(DType.BF16, (b, 12, 77, 64), (b, 12, 64, 96))  # same batch dims: L = b * 12
+    assert cutlass_sm90.matmul_batching(folded) == "fold" and cutlass_sm90.matmul_batching(batched) == "batched"
+    for spec in (folded, batched):
+        assert "impl" not in backend.default_config(spec, sm90)  # SIMT stays the default until a GPU has run it
+        cands = backend.candidate_configs(spec, sm90)
+        fitting = [c for c in cutlass_sm90.CANDIDATES if backend.fits(spec, sm90, c)]
+        assert "impl" not in cands[0] and cands[1:] == fitting[:backend.max_candidates - 1] and len(fitting) > 4
+        assert all("impl" not in c for c in backend.candidate_configs(spec, sm80))  # sm80 has no CUTLASS matmul
+    # Broadcast between a and b, unaligned rows, and fp32 stay on the SIMT kernel alone.
+    for spec in (_matmul_spec(DType.F16, (2, 1, 77, 64), (3, 64, 128)), _matmul_spec(DType.F16, (b, 77, 60), (60, 128)),
+                 _matmul_spec(DType.F16, (b, 77, 64), (64, 100)), _matmul_spec(DType.F32, (b, 77, 64), (64, 128))):
+        assert cutlass_sm90.plan_for(spec) is None
+        assert all("impl" not in c for c in backend.candidate_configs(spec, sm90))
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+def test_cutlass_matmuls_compile_without_serialised_wgmma(tmp_path):
+    """Both batchings in one translation unit (tests/gpu/test_cutlass_sm90.py runs them)."""
+    graph = lb.graph("mm", lambda b: lb.add_matmul(b, DType.F16, "fold", p="f."),
+                     lambda b: lb.add_matmul(b, DType.F16, "batched", p="b."))
+    built = lb.build_local(graph, "cuda:sm90", tmp_path / "a", {"matmul": cutlass_sm90.DEFAULT}, single_tu=True)
+    assert [built.configs[c.kernel].get("impl") for c in built.plan.calls] == ["cutlass_sm90"] * 2
+    source = next(iter(built.sources.values())).read_text()
+    assert "a's batch folds into M" in source and "L = BATCH GEMMs" in source
+    assert "C7510" not in built.log

@@ -41,3 +41,22 @@ def test_epilogue_shapes_outside_cutlass_stay_on_simt():
     assert cutlass_sm90.match_epilogue((EwInstr("add", (1, 0)), EwInstr("relu", (2,))), 2) == ("relu", 1)
     assert cutlass_sm90.match_epilogue((EwInstr("mul", (0, 1)),), 2) is None
     assert cutlass_sm90.match_epilogue((EwInstr("gelu", (0,)), EwInstr("add", (2, 1))), 2) is None
+
+
+@pytest.mark.parametrize("dtype", [DType.F16, DType.BF16])
+@pytest.mark.parametrize("config", [cutlass_sm90.DEFAULT, cutlass_sm90.STREAMK,
+                                    {"impl": "cutlass_sm90", "tile": [64, 128, 64], "cluster": [1, 1],
+                                     "schedule": "pingpong"}], ids=["cooperative", "streamk", "pingpong"])
+def test_batched_matmuls_on_tensor_cores(tmp_path, dtype, config):
+    """matmul through CUTLASS, pinned (its default is still the SIMT kernel): b without batch
+    dims folds a's batch into M; a and b with the same batch dims run as L GEMMs."""
+    batch = IntVar("batch", 1, 64)
+    graph = lb.graph("mm", lambda b: lb.add_matmul(b, dtype, "fold", batch, p="f."),
+                     lambda b: lb.add_matmul(b, dtype, "batched", batch, p="b."))
+    built = lb.build_local(graph, TARGET, tmp_path / "a", {"matmul": config})
+    assert [built.configs[c.kernel].get("impl") for c in built.plan.calls] == ["cutlass_sm90"] * 2
+    model = Model(built.dir)
+    try:
+        lb.check_model(model, graph, 1e-2, [{"batch": 1}, {"batch": 5}, {"batch": 64}])
+    finally:
+        model.close()

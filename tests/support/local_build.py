@@ -366,6 +366,18 @@ def add_linear(b: GraphBuilder, dtype: DType, kind: str, m: Dim = 7, n: int = 33
     raise ValueError(kind)
 
 
+def add_matmul(b: GraphBuilder, dtype: DType, batching: str, batch: Dim | None = None, p: str = "") -> Value:
+    """A matmul CUTLASS can serve (K = 64, N = 72: 16-byte rows; M = 77 a multiple of no tile):
+    "fold" is [B, 77, 64] @ [64, 72], "batched" is [B, 3, 77, 64] @ [B, 3, 64, 72]. Both operands
+    are inputs: a constant rank-2 b becomes a linear (planner_svc's matmul-to-linear pass)."""
+    batch = batch if batch is not None else IntVar("batch", 1, 64)
+    if batching == "fold":
+        a = b.input(f"{p}a", (batch, 77, 64), dtype)
+        return b.op("matmul", [a, b.input(f"{p}b", (64, 72), dtype)])
+    a = b.input(f"{p}a", (batch, 3, 77, 64), dtype)
+    return b.op("matmul", [a, b.input(f"{p}b", (batch, 3, 64, 72), dtype)])
+
+
 def add_linear_rank3(b: GraphBuilder, dtype: DType, batch: Dim, p: str = "") -> Value:
     """x of rank 3 with a symbolic leading dim: M = batch * 3."""
     x = b.input(f"{p}x", (batch, 3, 20), dtype)
