@@ -49,8 +49,10 @@ for stage in "${@:-tests}"; do
     *) echo "unknown stage $stage"; status=2 ;;
   esac
 done
-# Objects compiled here come back too (SAVE_OBJECTS=1), for the next call's carried cache.
+# Objects compiled here come back too (SAVE_OBJECTS=1), for the next call's carried cache: one
+# tarball, since the tool returns at most 8 files (16 MiB each). Unpack with tar -xzf -C .gpu/objects.
 if [ -n "${SAVE_OBJECTS:-}" ] && [ -d .gpu/objects ]; then
-  mkdir -p "$OUT/objects" && find .gpu/objects -name '*.o' -newer .gpu/REVISION -exec cp {} "$OUT/objects/" \;
+  (cd .gpu/objects && find . -name '*.o' -newer ../REVISION -print0 | tar -czf "$OUT/objects.tgz" --null -T -)
+  ls -l "$OUT/objects.tgz"
 fi
 exit $status
