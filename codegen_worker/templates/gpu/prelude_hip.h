@@ -23,5 +23,5 @@ template <typename... P, typename... A>
 static inline hipError_t kiln_launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, hipStream_t stream,
                                      A&&... args) {
   kernel<<<grid, block, smem, stream>>>(static_cast<P>(args)...);
-  return hipGetLastError();
+  return hipPeekAtLastError();  // leaves the error for KILN_LAUNCH_CHECK
 }
