@@ -42,7 +42,7 @@ def plan_for(spec: KernelSpec) -> EpiloguePlan | None:
     if spec.op != "linear" or out.dtype not in sm90.TYPES or any(t.dtype != out.dtype for t in spec.inputs):
         return None
     k, n = spec.inputs[0].shape[-1], spec.inputs[1].shape[0]
-    if not (isinstance(k, int) and isinstance(n, int)) or k % 8 or n % 8:
+    if not sm90.aligned_rows(k, n):
         return None  # 16-byte vector loads of A, B and C
     has_bias = spec.attrs.has_bias
     extra_start = 3 if has_bias else 2

@@ -115,6 +115,12 @@ def matmul_batching(spec: KernelSpec) -> str | None:
     return "batched" if a.shape[:-2] == b.shape[:-2] == out.shape[:-2] else None
 
 
+def aligned_rows(k: object, n: object) -> bool:
+    """Static K and N, each a positive multiple of 8 halves (16 bytes). With K = 0 the
+    mainloop would wait forever on a stage no producer fills."""
+    return isinstance(k, int) and isinstance(n, int) and k > 0 and n > 0 and k % 8 == 0 and n % 8 == 0
+
+
 def plan_for(spec: KernelSpec) -> EpiloguePlan | None:
     """How CUTLASS computes this linear, conv2d or matmul, or None when it cannot."""
     out = spec.outputs[0]
@@ -123,7 +129,7 @@ def plan_for(spec: KernelSpec) -> EpiloguePlan | None:
         return None
     if spec.op == "matmul":
         k, n = spec.inputs[0].shape[-1], spec.inputs[1].shape[-1]
-        if not (isinstance(k, int) and isinstance(n, int)) or k % 8 or n % 8 or matmul_batching(spec) is None:
+        if not aligned_rows(k, n) or matmul_batching(spec) is None:
             return None  # TMA needs 16-byte aligned rows of a (K) and of b and out (N)
         return EpiloguePlan(ACTIVATIONS[None], None)
     if spec.op == "linear":
@@ -134,7 +140,7 @@ def plan_for(spec: KernelSpec) -> EpiloguePlan | None:
         if max(spec.inputs[1].shape[1:3]) > MAX_FILTER:
             return None  # a 16x16 filter (ViT's patches, 8 channels) failed to launch on an H200
         k, n = spec.inputs[0].shape[-1], spec.inputs[1].shape[0]  # input and output channels
-    if not (isinstance(k, int) and isinstance(n, int)) or k % 8 or n % 8:
+    if not aligned_rows(k, n):
         return None  # TMA needs 16-byte aligned rows
     extra_start = 3 if spec.attrs.has_bias else 2
     matched = match_epilogue(spec.attrs.epilogue, 1 + len(spec.inputs) - extra_start)

@@ -70,7 +70,7 @@ def test_every_sm90_kernel_waits_before_it_touches_memory():
     streamk = [s for s in gemms if "StreamKScheduler" in s]
     assert streamk and all("#undef CUTLASS_ENABLE_GDC_FOR_SM90" in s and early not in s for s in streamk)
     assert all(early in s for s in gemms if s not in streamk)
-    assert convs and all("cudaLaunchKernelEx(&cfg, entry, conv.params())" in s for s in convs)
+    assert convs and all("cudaLaunchKernelEx(&cfg, entry, params)" in s and "conv.initialize" not in s for s in convs)
 
 
 def test_only_hopper_builds_launch_early():

@@ -128,20 +128,28 @@ def test_programmatic_dependent_launch_changes_no_bit(tmp_path):
     stream = torch.cuda.Stream()
     try:
         for n in (1, 13):
-            x = torch.randn(n, 16, 24, 24, device="cuda", dtype=torch.float16)
-            ref = next(iter(reference.run(graph, {m.manifest.inputs[0].name: x.float().cpu().numpy()}).values()))
+            # Each run reads a different input than the one before: a kernel that read a buffer
+            # before its producer had written it would find the previous run's values there.
+            xs = [torch.randn(n, 16, 24, 24, device="cuda", dtype=torch.float16) for _ in range(3)]
+            refs = [next(iter(reference.run(graph, {m.manifest.inputs[0].name: x.float().cpu().numpy()}).values()))
+                    for x in xs]
+            x = torch.empty_like(xs[0])
             y = torch.empty(n, 128, device="cuda", dtype=torch.float16)
-            got = []
+            stream.wait_stream(torch.cuda.current_stream())  # xs were drawn on the default stream
+            # Same pointers throughout: eager, eager + capture, then replays.
+            steps = [(False, 0), (True, 1), (True, 2), (True, 0), (False, 2)]
+            got: dict[bool, list[torch.Tensor]] = {}
             for pdl in (True, False):
                 assert m.set_pdl(pdl)
-                # Same pointers throughout: eager, then eager + capture, then a replay.
-                for replay in (False, True, True):
+                for replay, i in steps:
                     with torch.cuda.stream(stream):
+                        x.copy_(xs[i])
                         y.fill_(float("nan"))
                         m.run({m.manifest.inputs[0].name: x}, out={name: y}, graph=replay)
                     stream.synchronize()
-                    assert lb.rel_err(y.float().cpu().numpy(), ref) < 1e-2, (n, pdl, replay)
-                    got.append(y.clone())
-            assert all(torch.equal(g, got[-1]) for g in got), f"batch {n}: the launch mode changed the result"
+                    assert lb.rel_err(y.float().cpu().numpy(), refs[i]) < 1e-2, (n, pdl, replay, i)
+                    got.setdefault(pdl, []).append(y.clone())
+            for k, (on, off) in enumerate(zip(got[True], got[False], strict=True)):
+                assert torch.equal(on, off), f"batch {n}, step {steps[k]}: the launch mode changed the result"
     finally:
         m.close()

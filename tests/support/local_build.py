@@ -76,7 +76,12 @@ def merge_sources(backend: Backend, sources: Iterable[str]) -> str:
     prelude = backend.prelude
     parts = []
     seen = False
-    for src in dict.fromkeys(sources):
+    unique = list(dict.fromkeys(sources))
+    # CUTLASS decides its grid-dependency hooks at its first include; a Stream-K source
+    # #undefs them, so merged with another CUTLASS source one of the two would be wrong.
+    if any("#undef CUTLASS_ENABLE_GDC_FOR_SM90" in s for s in unique) and sum("cutlass/" in s for s in unique) > 1:
+        raise ValueError("a Stream-K CUTLASS kernel cannot share a translation unit with another CUTLASS kernel")
+    for src in unique:
         # CUTLASS kernels carry no prelude: their names live in their own namespace.
         if prelude in src:
             parts.append(src.replace(prelude, "", 1) if seen else src)
