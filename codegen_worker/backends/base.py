@@ -84,6 +84,8 @@ class Backend:
     candidate_table: ClassVar[dict[str, list[dict[str, Any]]]] = {}
     # Each candidate is one more compile and one more profiler run per kernel.
     max_candidates: ClassVar[int] = 8
+    # Ops whose candidates are cheap to compile and profile may keep more.
+    op_max_candidates: ClassVar[dict[str, int]] = {}
 
     # --- what the worker asks of a backend -------------------------------
     def toolchain_version(self) -> str:
@@ -120,12 +122,13 @@ class Backend:
         return kept
 
     def prune(self, spec: KernelSpec, target: Target, configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The configs that fit the target, each once, in order, at most max_candidates."""
+        """The configs that fit the target, each once, in order, at most max_candidates
+        (op_max_candidates for the ops it names)."""
         kept: list[dict[str, Any]] = []
         for config in configs:
             if config not in kept and self.fits(spec, target, config):
                 kept.append(config)
-        return kept[:self.max_candidates]
+        return kept[:self.op_max_candidates.get(spec.op, self.max_candidates)]
 
     def fits(self, spec: KernelSpec, target: Target, config: dict[str, Any]) -> bool:
         """Whether config can launch on target and is not sure to lose; backends add their limits."""
@@ -220,19 +223,29 @@ class GpuBackend(Backend):
             return False
         bq, bk, rows = int(config["block_q"]), int(config["block_k"]), int(config.get("warp_rows", 16))
         min_blocks = int(config.get("min_blocks", 1))
+        if config.get("wgmma"):
+            # Hopper's warpgroup MMA: 64 query rows a warpgroup, one row tile a warp, S = m64n{block_k}.
+            if target.arch != "sm90" or rows != 16 or bq % 64 or not 16 <= bk <= 256:
+                return False
         if not 1 <= min_blocks * (bq // rows) * 32 <= target.max_threads_per_sm:
             return False
         if rows not in (16, 32) or (rows == 32 and max(ctx["D"], ctx["DV"], bk) > 64):
             return False  # two row tiles a warp double its S, P and O registers: past 64 they spill
         return (bq > 0 and bk > 0 and bq % rows == 0 and bk % 16 == 0
                 and (bq // rows) * 32 <= target.max_threads_per_block
-                and attention_mma_smem_bytes(ctx["D"], ctx["DV"], bq, bk) <= target.smem_per_block)
+                and attention_mma_smem_bytes(ctx["D"], ctx["DV"], bq, bk, bool(config.get("wgmma")))
+                <= target.smem_per_block)
 
 
-def attention_mma_smem_bytes(d: int, dv: int, block_q: int, block_k: int) -> int:
+def attention_mma_smem_bytes(d: int, dv: int, block_q: int, block_k: int, wgmma: bool = False) -> int:
     """Static shared memory of gpu/attention.j2's tensor-core path: padded K/V
     stages (two when they fit in 48 KiB, else one) and the Q tile, beside them
-    when all fit in 48 KiB, else aliasing them."""
+    when all fit in 48 KiB, else aliasing them. The wgmma path keeps unpadded
+    tiles and Q always beside them (the MMA reads it from shared memory)."""
+    if wgmma:
+        stage = block_k * (d + dv)
+        stages = 2 if 2 * (block_q * d + 2 * stage) <= 48 * 1024 else 1
+        return 2 * (block_q * d + stages * stage)
     stage = block_k * (d + 8 + dv + 8)
     stages = 2 if 2 * stage * 2 <= 48 * 1024 else 1
     q_tile = block_q * (d + 8)

@@ -123,7 +123,7 @@ def test_mma_candidates_fit_the_smem_limit(d):
     cands = backend.candidate_configs(spec, target)
     assert cands[0] == backend.default_config(spec, target) and len(cands) >= 3
     for c in cands:
-        assert attention_mma_smem_bytes(d, d, c["block_q"], c["block_k"]) <= target.smem_per_block
+        assert attention_mma_smem_bytes(d, d, c["block_q"], c["block_k"], bool(c.get("wgmma"))) <= target.smem_per_block
     # 128-query blocks of 128-wide heads with 128-key blocks would need 2 x 69,632 bytes: never offered.
     assert not backend.fits(spec, target, {"block_q": 64, "block_k": 256})
     assert not backend.fits(spec, target, {"block_q": 40, "block_k": 64})
@@ -165,6 +165,51 @@ def test_two_row_tiles_a_warp_compile(tmp_path, config, dtype):
     assert source.count("row tiles a warp=2") == 3
     assert "mask_pairs" in source and "one row serves all of this thread's rows" in source
     assert (built.dir / "libmodel.so").stat().st_size > 0
+
+
+@pytest.mark.parametrize("config,dtype", [({"block_q": 128, "block_k": 64, "wgmma": True, "min_blocks": 2}, DType.F16),
+                                          ({"block_q": 64, "block_k": 128, "wgmma": True}, DType.BF16)])
+def test_wgmma_path_compiles_without_serialisation(tmp_path, config, dtype):
+    """The sm90 warpgroup-MMA path: S and P V on wgmma (SS and RS forms), a
+    proxy fence between cp.async and wgmma, and no warning from ptxas that the
+    asynchronous MMAs were serialised (it says so when register use forces
+    waits between them)."""
+    _need("nvcc")
+    batch = IntVar("batch", 1, 8)
+    graph = lb.graph("attention_wgmma", *[
+        (lambda b, mask=mask, causal=causal: add_attention(b, dtype, "bshd", d=64, sq=150, sk=211, batch=batch,
+                                                           mask=mask, causal=causal, p=f"{mask}_{causal}."))
+        for mask, causal in (("b11k", True), ("bhqk", False), (None, False))])
+    built = lb.build_local(graph, "cuda:sm90", tmp_path / "a", configs={"attention": config}, single_tu=True)
+    source = (built.dir / "build" / "kernels.cu").read_text()
+    ab = "bf16" if dtype == DType.BF16 else "f16"
+    # One S = Q K^T (m64n<block_k>) and one O += P V (m64n<DV = 64>) wrapper a kernel.
+    forms = [f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ab}.{ab}" for n in (config["block_k"], 64)]
+    assert sum(source.count(f) for f in set(forms)) == 6 and source.count(forms[1]) >= 3
+    assert source.count("fence.proxy.async.shared::cta") == 3
+    ptxas = subprocess.run(["nvcc", *get_backend("cuda").flags(get_target("cuda:sm90")),
+                            "-Xptxas", "-v", "-c", str(built.dir / "build" / "kernels.cu"), "-o", str(tmp_path / "k.o")],
+                           capture_output=True, text=True)
+    assert ptxas.returncode == 0, ptxas.stderr[-2000:]
+    assert "serializ" not in ptxas.stderr and " bytes spill stores" in ptxas.stderr
+    assert all(line.startswith("    0 bytes stack frame, 0 bytes spill stores")
+               for line in ptxas.stderr.splitlines() if "bytes spill stores" in line), ptxas.stderr[-2000:]
+
+
+def test_wgmma_configs_only_on_sm90():
+    backend = get_backend("cuda")
+    wg = {"block_q": 128, "block_k": 64, "wgmma": True}
+    assert backend.fits(_spec("cuda:sm90", DType.F16, 64), get_target("cuda:sm90"), wg)
+    assert not backend.fits(_spec("cuda:sm80", DType.F16, 64), get_target("cuda:sm80"), wg)
+    assert not backend.fits(_spec("cuda:sm90", DType.F16, 64), get_target("cuda:sm90"), {**wg, "block_q": 96})
+    assert not backend.fits(_spec("cuda:sm90", DType.F16, 64), get_target("cuda:sm90"), {**wg, "warp_rows": 32})
+    # 128-wide heads: only 64-query blocks leave room for Q beside a K/V stage in 48 KiB.
+    assert not backend.fits(_spec("cuda:sm90", DType.F16, 128), get_target("cuda:sm90"), wg)
+    assert backend.fits(_spec("cuda:sm90", DType.F16, 128), get_target("cuda:sm90"), {**wg, "block_q": 64})
+    sm90 = backend.candidate_configs(_spec("cuda:sm90", DType.F16, 64), get_target("cuda:sm90"))
+    sm80 = backend.candidate_configs(_spec("cuda:sm80", DType.F16, 64), get_target("cuda:sm80"))
+    assert sum(bool(c.get("wgmma")) for c in sm90) >= 3 and not any(c.get("wgmma") for c in sm80)
+    assert [c for c in sm90 if not c.get("wgmma")] == sm80
 
 
 def test_two_row_tiles_a_warp_only_for_narrow_heads():
