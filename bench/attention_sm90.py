@@ -109,9 +109,9 @@ def main() -> None:
             builds.append((masked, cfg, graph))
     tmp = Path(tempfile.mkdtemp())
     with ThreadPoolExecutor(len(builds)) as pool:
-        built = list(pool.map(lambda x: lb.build_local(
-            x[2], TARGET, tmp / f"m{int(x[0])}_{x[1]['block_q']}x{x[1]['block_k']}", {"attention": x[1]}, jobs=1),
-            builds))
+        # One folder per build: configs may share block sizes (warp_rows, wgmma, min_blocks differ).
+        built = list(pool.map(lambda ix: lb.build_local(
+            ix[1][2], TARGET, tmp / f"b{ix[0]}", {"attention": ix[1][1]}, jobs=1), enumerate(builds)))
     models = [(masked, cfg, Model(b.dir), graph.outputs[0]) for (masked, cfg, graph), b in zip(builds, built, strict=True)]
 
     rows = []
