@@ -100,9 +100,9 @@ def match_epilogue(program: tuple[EwInstr, ...], n_values: int) -> tuple[str | N
     return None
 
 
-# Ops whose CUTLASS kernel is the backend's default where it applies. matmul's is only a
-# profiled candidate, checked against the SIMT kernel: it has not yet run on a GPU.
-DEFAULT_OPS = ("linear", "conv2d")
+# Ops whose CUTLASS kernel is the backend's default where it applies (matmul's since its
+# batched and folded GEMMs passed on the H200, session 6).
+DEFAULT_OPS = ("linear", "conv2d", "matmul")
 
 
 def matmul_batching(spec: KernelSpec) -> str | None:

@@ -147,17 +147,19 @@ def _matmul_spec(dtype: DType, a_shape: tuple, b_shape: tuple):
     return canonical_spec("matmul", MatmulAttrs(), ins, out)[0]
 
 
-def test_matmul_cutlass_is_a_candidate_behind_the_simt_default():
+def test_matmul_cutlass_is_the_sm90_default_where_it_applies():
     backend, sm90, sm80 = get_backend("cuda"), get_target("cuda:sm90"), get_target("cuda:sm80")
     b = IntVar("b", 1, 64)
     folded = _matmul_spec(DType.F16, (b, 77, 64), (64, 128))           # b has no batch: folds into M
     batched = _matmul_spec(DType.BF16, (b, 12, 77, 64), (b, 12, 64, 96))  # same batch dims: L = b * 12
     assert cutlass_sm90.matmul_batching(folded) == "fold" and cutlass_sm90.matmul_batching(batched) == "batched"
     for spec in (folded, batched):
-        assert "impl" not in backend.default_config(spec, sm90)  # SIMT stays the default until a GPU has run it
+        default, table = cutlass_sm90.defaults(spec)
+        assert backend.default_config(spec, sm90) == default and default["impl"] == "cutlass_sm90"
         cands = backend.candidate_configs(spec, sm90)
-        fitting = [c for c in cutlass_sm90.CANDIDATES if backend.fits(spec, sm90, c)]
-        assert "impl" not in cands[0] and cands[1:] == fitting[:backend.max_candidates - 1] and len(fitting) > 4
+        fitting = [c for c in table if backend.fits(spec, sm90, c)]
+        assert cands == fitting[:backend.max_candidates] and cands[0] == default and len(fitting) > 4
+        assert "impl" not in backend.default_config(spec, sm80)
         assert all("impl" not in c for c in backend.candidate_configs(spec, sm80))  # sm80 has no CUTLASS matmul
     # Broadcast between a and b, unaligned rows, and fp32 stay on the SIMT kernel alone.
     for spec in (_matmul_spec(DType.F16, (2, 1, 77, 64), (3, 64, 128)), _matmul_spec(DType.F16, (b, 77, 60), (60, 128)),
