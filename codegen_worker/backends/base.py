@@ -223,10 +223,14 @@ class GpuBackend(Backend):
             return False
         bq, bk, rows = int(config["block_q"]), int(config["block_k"]), int(config.get("warp_rows", 16))
         min_blocks = int(config.get("min_blocks", 1))
-        if config.get("wgmma"):
+        if config.get("wgmma") or config.get("overlap"):
             # Hopper's warpgroup MMA: 64 query rows a warpgroup, one row tile a warp, S = m64n{block_k}.
-            if target.arch != "sm90" or rows != 16 or bq % 64 or not 16 <= bk <= 256:
+            if target.arch != "sm90" or not config.get("wgmma") or rows != 16 or bq % 64 or not 16 <= bk <= 256:
                 return False
+            if config.get("overlap"):  # three K/V stages in dynamic shared memory (opted in past 48 KiB)
+                return (min_blocks * (bq // rows) * 32 <= target.max_threads_per_sm
+                        and attention_mma_smem_bytes(ctx["D"], ctx["DV"], bq, bk, wgmma=True, overlap=True)
+                        <= SM90_DYNAMIC_SMEM_BYTES)
         if not 1 <= min_blocks * (bq // rows) * 32 <= target.max_threads_per_sm:
             return False
         if rows not in (16, 32) or (rows == 32 and max(ctx["D"], ctx["DV"], bk) > 64):
@@ -237,11 +241,19 @@ class GpuBackend(Backend):
                 <= target.smem_per_block)
 
 
-def attention_mma_smem_bytes(d: int, dv: int, block_q: int, block_k: int, wgmma: bool = False) -> int:
-    """Static shared memory of gpu/attention.j2's tensor-core path: padded K/V
+# The most shared memory one sm90 block may opt in to (227 KiB).
+SM90_DYNAMIC_SMEM_BYTES = 232448
+
+
+def attention_mma_smem_bytes(d: int, dv: int, block_q: int, block_k: int, wgmma: bool = False,
+                             overlap: bool = False) -> int:
+    """Shared memory of gpu/attention.j2's tensor-core path: padded K/V
     stages (two when they fit in 48 KiB, else one) and the Q tile, beside them
     when all fit in 48 KiB, else aliasing them. The wgmma path keeps unpadded
-    tiles and Q always beside them (the MMA reads it from shared memory)."""
+    tiles and Q always beside them (the MMA reads it from shared memory); with
+    overlap, three stages in dynamic shared memory."""
+    if overlap:
+        return 2 * (block_q * d + 3 * block_k * (d + dv))
     if wgmma:
         stage = block_k * (d + dv)
         stages = 2 if 2 * (block_q * d + 2 * stage) <= 48 * 1024 else 1

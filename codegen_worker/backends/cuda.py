@@ -36,11 +36,11 @@ class CudaBackend(GpuBackend):
                        **{op: {"block": 256} for op in GPU_BLOCK_OPS}, "attention": {"block_q": 64, "block_k": 64}}
     candidate_table = {"linear": [{"tile": 32}], "fused_elementwise": [{"block": 128}, {"block": 512}],
                        # Hopper's warpgroup MMA first: fits() drops these on every other target.
-                       "attention": [{"block_q": 128, "block_k": 64, "wgmma": True},
+                       "attention": [{"block_q": 128, "block_k": 64, "wgmma": True, "overlap": True},
                                      # At most 128 registers: two 256-thread CTAs an SM.
                                      {"block_q": 128, "block_k": 64, "wgmma": True, "min_blocks": 2},
-                                     {"block_q": 64, "block_k": 64, "wgmma": True},
-                                     {"block_q": 128, "block_k": 128, "wgmma": True},
+                                     {"block_q": 128, "block_k": 64, "wgmma": True, "overlap": True,
+                                      "min_blocks": 2},
                                      {"block_q": 128, "block_k": 64}, {"block_q": 64, "block_k": 32},
                                      {"block_q": 128, "block_k": 32}, {"block_q": 64, "block_k": 128},
                                      # 32 rows a warp: each K/V fragment feeds two mma row tiles.
@@ -48,8 +48,8 @@ class CudaBackend(GpuBackend):
                                      {"block_q": 64, "block_k": 64, "warp_rows": 32},
                                      # At most 96 registers, 5 CTAs an SM (ptxas spills ~50 bytes at D = 64).
                                      {"block_q": 64, "block_k": 32, "min_blocks": 5}]}
-    # Attention keeps its seven mma.sync configs and four wgmma ones beside the default.
-    op_max_candidates = {"attention": 12}
+    # Attention keeps its seven mma.sync configs and three wgmma ones beside the default.
+    op_max_candidates = {"attention": 11}
 
     @functools.cache  # noqa: B019
     def toolchain_version(self) -> str:

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from codegen_worker.backends import get_backend
-from codegen_worker.backends.base import attention_mma_smem_bytes
+from codegen_worker.backends.base import SM90_DYNAMIC_SMEM_BYTES, attention_mma_smem_bytes
 from kiln.builder import GraphBuilder, Value
 from kiln.dtypes import DType
 from kiln.ir import Dim, IntVar
@@ -123,7 +123,8 @@ def test_mma_candidates_fit_the_smem_limit(d):
     cands = backend.candidate_configs(spec, target)
     assert cands[0] == backend.default_config(spec, target) and len(cands) >= 3
     for c in cands:
-        assert attention_mma_smem_bytes(d, d, c["block_q"], c["block_k"], bool(c.get("wgmma"))) <= target.smem_per_block
+        smem = attention_mma_smem_bytes(d, d, c["block_q"], c["block_k"], bool(c.get("wgmma")), bool(c.get("overlap")))
+        assert smem <= (SM90_DYNAMIC_SMEM_BYTES if c.get("overlap") else target.smem_per_block)
     # 128-query blocks of 128-wide heads with 128-key blocks would need 2 x 69,632 bytes: never offered.
     assert not backend.fits(spec, target, {"block_q": 64, "block_k": 256})
     assert not backend.fits(spec, target, {"block_q": 40, "block_k": 64})
@@ -168,7 +169,8 @@ def test_two_row_tiles_a_warp_compile(tmp_path, config, dtype):
 
 
 @pytest.mark.parametrize("config,dtype", [({"block_q": 128, "block_k": 64, "wgmma": True, "min_blocks": 2}, DType.F16),
-                                          ({"block_q": 64, "block_k": 128, "wgmma": True}, DType.BF16)])
+                                          ({"block_q": 64, "block_k": 128, "wgmma": True}, DType.BF16),
+                                          ({"block_q": 128, "block_k": 64, "wgmma": True, "overlap": True}, DType.F16)])
 def test_wgmma_path_compiles_without_serialisation(tmp_path, config, dtype):
     """The sm90 warpgroup-MMA path: S and P V on wgmma (SS and RS forms), a
     proxy fence between cp.async and wgmma, and no warning from ptxas that the
@@ -187,6 +189,9 @@ def test_wgmma_path_compiles_without_serialisation(tmp_path, config, dtype):
     forms = [f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ab}.{ab}" for n in (config["block_k"], 64)]
     assert sum(source.count(f) for f in set(forms)) == 6 and source.count(forms[1]) >= 3
     assert source.count("fence.proxy.async.shared::cta") == 3
+    # overlap: three stages past 48 KiB (dynamic, opted in) and P V waited on one group behind the scores.
+    assert (source.count("cudaFuncAttributeMaxDynamicSharedMemorySize") == 6) == bool(config.get("overlap"))
+    assert ("wgmma.wait_group.sync.aligned 1;" in source) == bool(config.get("overlap"))
     ptxas = subprocess.run(["nvcc", *get_backend("cuda").flags(get_target("cuda:sm90")),
                             "-Xptxas", "-v", "-c", str(built.dir / "build" / "kernels.cu"), "-o", str(tmp_path / "k.o")],
                            capture_output=True, text=True)
@@ -206,6 +211,9 @@ def test_wgmma_configs_only_on_sm90():
     # 128-wide heads: only 64-query blocks leave room for Q beside a K/V stage in 48 KiB.
     assert not backend.fits(_spec("cuda:sm90", DType.F16, 128), get_target("cuda:sm90"), wg)
     assert backend.fits(_spec("cuda:sm90", DType.F16, 128), get_target("cuda:sm90"), {**wg, "block_q": 64})
+    assert not backend.fits(_spec("cuda:sm90", DType.F16, 64), get_target("cuda:sm90"),
+                            {"block_q": 128, "block_k": 64, "overlap": True})  # overlap is a wgmma variant
+    assert backend.fits(_spec("cuda:sm90", DType.F16, 128), get_target("cuda:sm90"), {**wg, "overlap": True})
     sm90 = backend.candidate_configs(_spec("cuda:sm90", DType.F16, 64), get_target("cuda:sm90"))
     sm80 = backend.candidate_configs(_spec("cuda:sm80", DType.F16, 64), get_target("cuda:sm80"))
     assert sum(bool(c.get("wgmma")) for c in sm90) >= 3 and not any(c.get("wgmma") for c in sm80)

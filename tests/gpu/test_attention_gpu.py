@@ -168,25 +168,30 @@ def test_every_candidate_config_agrees(tmp_path, dtype, d):
         build_and_check(tmp_path / f"c{i}", graph, dtype, {"attention": config})
 
 
-WGMMA_64 = {"block_q": 64, "block_k": 64, "wgmma": True}
-WGMMA_128 = {"block_q": 128, "block_k": 64, "wgmma": True, "min_blocks": 2}
+WGMMA = {"sync": ({"block_q": 64, "block_k": 64, "wgmma": True},
+                  {"block_q": 128, "block_k": 64, "wgmma": True, "min_blocks": 2}),
+         "overlap": ({"block_q": 64, "block_k": 64, "wgmma": True, "overlap": True},
+                     {"block_q": 128, "block_k": 64, "wgmma": True, "overlap": True})}
 
 
 @pytest.mark.parametrize("dtype", HALVES)
-def test_wgmma_path_on_every_layout_mask_and_edge(tmp_path, dtype):
-    """Hopper's warpgroup-MMA path pinned: every layout x mask x causal at
-    D = 64 with two warpgroups a CTA, and every edge case (SQ != SK, rows that
-    see no key, D from 16 to 128, DV != D, one key) with one. Ops of the SIMT
-    path in the same graphs ignore the pin."""
+@pytest.mark.parametrize("variant", list(WGMMA))
+def test_wgmma_path_on_every_layout_mask_and_edge(tmp_path, dtype, variant):
+    """Hopper's warpgroup-MMA path pinned (P V waited for at once, or left
+    running under the next block's softmax with three K/V stages): every
+    layout x mask x causal at D = 64 with two warpgroups a CTA, and every edge
+    case (SQ != SK, rows that see no key, D from 16 to 128, DV != D, one key)
+    with one. Ops of the SIMT path in the same graphs ignore the pin."""
+    one_wg, two_wg = WGMMA[variant]
     adds = [(lambda b, layout=layout, mask=mask, causal=causal: add_attention(
                 b, dtype, layout, d=64, sq=77, sk=77 if causal or layout == "bs3hd" else 50, batch=BATCH,
                 mask=mask, causal=causal, p=case_name(dtype, layout, 64, mask, causal)))
             for layout in LAYOUTS for mask in (None, "b11k") for causal in (False, True)]
-    build_and_check(tmp_path / "grid", lb.graph("attention_wgmma_grid", *adds), dtype, {"attention": WGMMA_128})
-    build_and_check(tmp_path / "edges", _edge_graph(dtype), dtype, {"attention": WGMMA_64})
+    build_and_check(tmp_path / "grid", lb.graph("attention_wgmma_grid", *adds), dtype, {"attention": two_wg})
+    build_and_check(tmp_path / "edges", _edge_graph(dtype), dtype, {"attention": one_wg})
     # Key padding where the last batch item keeps no key: its rows must come out as zeros.
     pad = lb.graph("attention_wgmma_pad", *(adds[i] for i in range(len(adds)) if i % 4 >= 2))
-    build_and_check(tmp_path / "pad", pad, dtype, {"attention": WGMMA_128},
+    build_and_check(tmp_path / "pad", pad, dtype, {"attention": two_wg},
                     feeds_list=[padding_feeds(pad, seed, n, -np.inf) for seed, n in enumerate((1, 3))])
 
 
