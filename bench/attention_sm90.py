@@ -92,12 +92,16 @@ def time_sdpa(q, k, v, mask, reps: int, inner: int) -> dict[str, Any]:
 
 
 def main() -> None:
+    global S, BATCHES  # attention_graph and the timing loop read them
     p = argparse.ArgumentParser()
     p.add_argument("--out", default="attention_sm90.json")
     p.add_argument("--reps", type=int, default=50)
     p.add_argument("--inner", type=int, default=10)
     p.add_argument("--default-only", action="store_true", help="time only the backend's default config")
+    p.add_argument("--seq", type=int, default=384, help="sequence length (BERT-base: 384)")
+    p.add_argument("--batches", default="1,8,32,64", help="comma list of batch sizes")
     args = p.parse_args()
+    S, BATCHES = args.seq, tuple(int(b) for b in args.batches.split(","))
     dev = torch.device("cuda")
     torch.manual_seed(0)
 
