@@ -11,6 +11,7 @@
 # .gpu/REVISION (gitignored) names the commit under test: the device copy has no git history.
 # CUTLASS headers: carry .cutlass (a copy of the nvidia-cutlass wheel's source/).
 # Pure-Python wheels the box lacks (pytest-xdist, for PYTEST_ARGS="-n 8") travel in .gpu/wheels.
+# SAVE_OBJECTS=1 / INDUCTOR_CACHE=1 bring compiled objects / torch.compile caches back for the next call.
 # Results land in $OUT (the device tool brings them back): logs and JSON.
 set -uo pipefail
 if compgen -G ".gpu/wheels/*.whl" >/dev/null; then
@@ -21,6 +22,11 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 [ -d .cutlass/include ] && export KILN_CUTLASS_DIR="$PWD/.cutlass"
 # Objects compiled beforehand on a CPU box (bench/tune.py --prepare), carried in .gpu/objects.
 [ -d .gpu/objects ] && export KILN_OBJECT_CACHE="$PWD/.gpu/objects"
+# torch.compile's caches (FX graphs, autotuning results) in .gpu/inductor when INDUCTOR_CACHE=1, so that
+# max-autotune's minutes of compiling per shape can be paid in one call and reused by a later one.
+if [ -n "${INDUCTOR_CACHE:-}" ]; then
+  mkdir -p .gpu/inductor && export TORCHINDUCTOR_CACHE_DIR="$PWD/.gpu/inductor"
+fi
 OUT="${OUT:-bench/results/gpu}"
 mkdir -p "$OUT"
 status=0
@@ -54,5 +60,10 @@ done
 if [ -n "${SAVE_OBJECTS:-}" ] && [ -d .gpu/objects ]; then
   (cd .gpu/objects && find . -name '*.o' -newer ../REVISION -print0 | tar -czf "$OUT/objects.tgz" --null -T -)
   ls -l "$OUT/objects.tgz"
+fi
+# The inductor cache comes back the same way (INDUCTOR_CACHE=1): unpack with tar -xzf -C .gpu/inductor.
+if [ -n "${INDUCTOR_CACHE:-}" ] && [ -d .gpu/inductor ]; then
+  (cd .gpu/inductor && tar -czf "$OUT/inductor.tgz" .)
+  ls -l "$OUT/inductor.tgz"
 fi
 exit $status
