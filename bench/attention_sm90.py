@@ -1,7 +1,8 @@
 """Kiln's fused attention (gpu/attention.j2, tensor-core path) vs PyTorch's
 scaled_dot_product_attention on the same card in the same run: BERT-base
 shapes (H=12, S=384, D=64, fp16, bshd as a QKV linear leaves them), batch
-1/8/32/64, with a [B, 1, 1, S] additive key-padding mask and without.
+1/8/32/64 (--seq and --batches change them), with a [B, 1, 1, S] additive
+key-padding mask and without.
 
 Every candidate config of the CUDA backend is built and timed; SDPA runs with
 its default dispatch and forced to each backend (flash, cuDNN, efficient,

@@ -223,26 +223,29 @@ class GpuBackend(Backend):
             return False
         bq, bk, rows = int(config["block_q"]), int(config["block_k"]), int(config.get("warp_rows", 16))
         min_blocks = int(config.get("min_blocks", 1))
-        if config.get("wgmma") or config.get("overlap"):
+        wgmma, overlap = bool(config.get("wgmma")), bool(config.get("overlap"))
+        if wgmma or overlap:
             # Hopper's warpgroup MMA: 64 query rows a warpgroup, one row tile a warp, S = m64n{block_k}.
-            if target.arch != "sm90" or not config.get("wgmma") or rows != 16 or bq % 64 or not 16 <= bk <= 256:
+            if target.arch != "sm90" or not wgmma or rows != 16 or bq % 64 or not 16 <= bk <= 256:
                 return False
-            if config.get("overlap"):  # three K/V stages in dynamic shared memory (opted in past 48 KiB)
-                return (min_blocks * (bq // rows) * 32 <= target.max_threads_per_sm
-                        and attention_mma_smem_bytes(ctx["D"], ctx["DV"], bq, bk, wgmma=True, overlap=True)
-                        <= SM90_DYNAMIC_SMEM_BYTES)
         if not 1 <= min_blocks * (bq // rows) * 32 <= target.max_threads_per_sm:
             return False
         if rows not in (16, 32) or (rows == 32 and max(ctx["D"], ctx["DV"], bk) > 64):
             return False  # two row tiles a warp double its S, P and O registers: past 64 they spill
+        smem = attention_mma_smem_bytes(ctx["D"], ctx["DV"], bq, bk, wgmma, overlap)
+        if overlap:
+            # Three K/V stages in dynamic shared memory (opted in past 48 KiB); min_blocks CTAs must fit an SM's
+            # 228 KiB, 1 KiB of it reserved per block, or the register cap only buys spills.
+            fits_smem = smem <= SM90_DYNAMIC_SMEM_BYTES and min_blocks * (smem + 1024) <= SM90_SMEM_PER_SM
+        else:
+            fits_smem = smem <= target.smem_per_block
         return (bq > 0 and bk > 0 and bq % rows == 0 and bk % 16 == 0
-                and (bq // rows) * 32 <= target.max_threads_per_block
-                and attention_mma_smem_bytes(ctx["D"], ctx["DV"], bq, bk, bool(config.get("wgmma")))
-                <= target.smem_per_block)
+                and (bq // rows) * 32 <= target.max_threads_per_block and fits_smem)
 
 
-# The most shared memory one sm90 block may opt in to (227 KiB).
+# The most shared memory one sm90 block may opt in to (227 KiB), and an SM's whole (228 KiB).
 SM90_DYNAMIC_SMEM_BYTES = 232448
+SM90_SMEM_PER_SM = 233472
 
 
 def attention_mma_smem_bytes(d: int, dv: int, block_q: int, block_k: int, wgmma: bool = False,

@@ -168,37 +168,65 @@ def test_two_row_tiles_a_warp_compile(tmp_path, config, dtype):
     assert (built.dir / "libmodel.so").stat().st_size > 0
 
 
-@pytest.mark.parametrize("config,dtype", [({"block_q": 128, "block_k": 64, "wgmma": True, "min_blocks": 2}, DType.F16),
-                                          ({"block_q": 64, "block_k": 128, "wgmma": True}, DType.BF16),
-                                          ({"block_q": 128, "block_k": 64, "wgmma": True, "overlap": True}, DType.F16)])
-def test_wgmma_path_compiles_without_serialisation(tmp_path, config, dtype):
-    """The sm90 warpgroup-MMA path: S and P V on wgmma (SS and RS forms), a
-    proxy fence between cp.async and wgmma, and no warning from ptxas that the
-    asynchronous MMAs were serialised (it says so when register use forces
-    waits between them)."""
+def _wgmma_cases() -> list:
+    """Every wgmma candidate the backend offers at D = 64 and D = 128, plus a
+    64-query, 128-key config (bf16) outside the candidates."""
+    cases = []
+    for d in (64, 128):
+        for c in get_backend("cuda").candidate_configs(_spec("cuda:sm90", DType.F16, d), get_target("cuda:sm90")):
+            if c.get("wgmma"):
+                cases.append(pytest.param(c, DType.F16, d, id=f"d{d}-" + "-".join(f"{k}{v}" for k, v in c.items())))
+    cases.append(pytest.param({"block_q": 64, "block_k": 128, "wgmma": True}, DType.BF16, 64, id="d64-bf16-64x128"))
+    return cases
+
+
+@pytest.mark.parametrize("config,dtype,d", _wgmma_cases())
+def test_wgmma_path_compiles_without_serialisation(tmp_path, config, dtype, d):
+    """The sm90 warpgroup-MMA path, with a padding mask (causal), a mask row per
+    query (full and causal) and no mask: S and P V on wgmma (SS and RS forms),
+    a proxy fence between cp.async and wgmma, and no ptxas warning that it
+    serialised the asynchronous MMAs or waited on them to free registers
+    (C7510, C7512, C7519). Without a min_blocks cap nothing spills."""
     _need("nvcc")
     batch = IntVar("batch", 1, 8)
+    cases = (("b11k", True), ("bhqk", False), ("bhqk", True), (None, False))
     graph = lb.graph("attention_wgmma", *[
-        (lambda b, mask=mask, causal=causal: add_attention(b, dtype, "bshd", d=64, sq=150, sk=211, batch=batch,
+        (lambda b, mask=mask, causal=causal: add_attention(b, dtype, "bshd", d=d, sq=150, sk=211, batch=batch,
                                                            mask=mask, causal=causal, p=f"{mask}_{causal}."))
-        for mask, causal in (("b11k", True), ("bhqk", False), (None, False))])
+        for mask, causal in cases])
     built = lb.build_local(graph, "cuda:sm90", tmp_path / "a", configs={"attention": config}, single_tu=True)
     source = (built.dir / "build" / "kernels.cu").read_text()
     ab = "bf16" if dtype == DType.BF16 else "f16"
-    # One S = Q K^T (m64n<block_k>) and one O += P V (m64n<DV = 64>) wrapper a kernel.
-    forms = [f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ab}.{ab}" for n in (config["block_k"], 64)]
-    assert sum(source.count(f) for f in set(forms)) == 6 and source.count(forms[1]) >= 3
-    assert source.count("fence.proxy.async.shared::cta") == 3
+    # One S = Q K^T (m64n<block_k>) and one O += P V (m64n<DV>) wrapper a kernel.
+    forms = [f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ab}.{ab}" for n in (config["block_k"], d)]
+    assert sum(source.count(f) for f in set(forms)) == 2 * len(cases) and source.count(forms[1]) >= len(cases)
+    assert source.count("fence.proxy.async.shared::cta") == len(cases)
+    assert "static_assert(true" in source and "static_assert(false" not in source
     # overlap: three stages past 48 KiB (dynamic, opted in) and P V waited on one group behind the scores.
-    assert (source.count("cudaFuncAttributeMaxDynamicSharedMemorySize") == 6) == bool(config.get("overlap"))
-    assert ("wgmma.wait_group.sync.aligned 1;" in source) == bool(config.get("overlap"))
+    overlap = bool(config.get("overlap"))
+    assert (source.count("cudaFuncAttributeMaxDynamicSharedMemorySize") == 2 * len(cases)) == overlap
+    assert ("wgmma.wait_group.sync.aligned 1;" in source) == overlap
     ptxas = subprocess.run(["nvcc", *get_backend("cuda").flags(get_target("cuda:sm90")),
                             "-Xptxas", "-v", "-c", str(built.dir / "build" / "kernels.cu"), "-o", str(tmp_path / "k.o")],
                            capture_output=True, text=True)
     assert ptxas.returncode == 0, ptxas.stderr[-2000:]
-    assert "serializ" not in ptxas.stderr and " bytes spill stores" in ptxas.stderr
-    assert all(line.startswith("    0 bytes stack frame, 0 bytes spill stores")
-               for line in ptxas.stderr.splitlines() if "bytes spill stores" in line), ptxas.stderr[-2000:]
+    assert " bytes spill stores" in ptxas.stderr
+    for code in ("C7510", "C7512", "C7519", "serializ"):
+        assert code not in ptxas.stderr, ptxas.stderr[-3000:]
+    if "min_blocks" not in config:
+        assert all(line.startswith("    0 bytes stack frame, 0 bytes spill stores")
+                   for line in ptxas.stderr.splitlines() if "bytes spill stores" in line), ptxas.stderr[-2000:]
+
+
+def test_pinned_wgmma_configs_the_path_cannot_run_fail_to_compile():
+    """Pins bypass GpuBackend.fits; the template itself refuses what wgmma cannot run."""
+    backend = get_backend("cuda")
+    spec = _spec("cuda:sm90", DType.F16, 64)
+    for bad in ({"block_q": 128, "block_k": 64, "wgmma": True, "warp_rows": 32},
+                {"block_q": 96, "block_k": 64, "wgmma": True}, {"block_q": 64, "block_k": 24, "wgmma": True}):
+        assert "static_assert(false" in backend.render_kernel(spec, bad, "kiln_k_probe"), bad
+    assert "static_assert(true" in backend.render_kernel(spec, {"block_q": 64, "block_k": 64, "wgmma": True},
+                                                         "kiln_k_probe")
 
 
 def test_wgmma_configs_only_on_sm90():
@@ -214,6 +242,13 @@ def test_wgmma_configs_only_on_sm90():
     assert not backend.fits(_spec("cuda:sm90", DType.F16, 64), get_target("cuda:sm90"),
                             {"block_q": 128, "block_k": 64, "overlap": True})  # overlap is a wgmma variant
     assert backend.fits(_spec("cuda:sm90", DType.F16, 128), get_target("cuda:sm90"), {**wg, "overlap": True})
+    # overlap checks what every config needs (16-key steps, a positive block, min_blocks >= 1) ...
+    for bad in ({"block_k": 24}, {"block_q": 0}, {"min_blocks": 0}):
+        assert not backend.fits(_spec("cuda:sm90", DType.F16, 64), get_target("cuda:sm90"),
+                                {**wg, "overlap": True, **bad}), bad
+    # ... and two 128 KiB CTAs do not fit an SM's 228 KiB: min_blocks 2 at D = 128 would only spill.
+    assert not backend.fits(_spec("cuda:sm90", DType.F16, 128), get_target("cuda:sm90"),
+                            {**wg, "overlap": True, "min_blocks": 2})
     sm90 = backend.candidate_configs(_spec("cuda:sm90", DType.F16, 64), get_target("cuda:sm90"))
     sm80 = backend.candidate_configs(_spec("cuda:sm80", DType.F16, 64), get_target("cuda:sm80"))
     assert sum(bool(c.get("wgmma")) for c in sm90) >= 3 and not any(c.get("wgmma") for c in sm80)

@@ -89,6 +89,7 @@ def _edge_graph(dtype: DType) -> Graph:
     return lb.graph("attention_edges",
                     add(d=64, sq=50, sk=77, causal=True),                 # SQ < SK: diagonal shifted right
                     add(d=64, sq=77, sk=50, causal=True),                 # SQ > SK: the first 27 rows see no key
+                    add(d=64, sq=200, sk=50, causal=True),                # ... and whole CTAs see none (no key block)
                     add(d=40, sq=77, sk=50, causal=True),
                     add(d=64, sq=1, sk=1),                                # one query, one key
                     add(d=64, sq=1, sk=333, mask="b11k"),                 # decode-like: one query, many key blocks
@@ -196,15 +197,17 @@ def test_wgmma_path_on_every_layout_mask_and_edge(tmp_path, dtype, variant):
 
 
 @pytest.mark.parametrize("dtype", HALVES)
-def test_unaligned_pointers_take_the_plain_load_path(tmp_path, dtype):
+@pytest.mark.parametrize("config", [None, WGMMA["sync"][1], WGMMA["overlap"][1]], ids=["mma", "wgmma", "overlap"])
+def test_unaligned_pointers_take_the_plain_load_path(tmp_path, dtype, config):
     """Tensors 2 bytes off a 16-byte boundary: cp.async cannot move them, so the
-    kernel must notice and load them element by element (same answer)."""
+    kernel must notice and load them element by element (same answer), on the
+    default path and on both wgmma variants."""
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("torch has no CUDA device")
     graph = lb.graph("attention_unaligned", lambda b: add_attention(b, dtype, "bshd", d=64, sq=77, sk=77, batch=BATCH,
                                                                     mask="b11k", causal=True, p="u."))
-    built = lb.build_local(graph, TARGET, tmp_path / "a")
+    built = lb.build_local(graph, TARGET, tmp_path / "a", {"attention": config} if config else None)
     model = Model(built.dir)
     tdt = {DType.F16: torch.float16, DType.BF16: torch.bfloat16}[dtype]
     feeds = lb.feeds_for(graph, seed=4, sizes={"batch": 3})
