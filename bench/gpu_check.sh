@@ -8,6 +8,8 @@
 #   bash bench/gpu_check.sh models      bench/models.py (ResNet-50, BERT-base)
 #   bash bench/gpu_check.sh tune        bench/tune.py (profile picks only; MODELS_ARGS=--profile times them)
 #   bash bench/gpu_check.sh gemm        bench/gemm_sm90.py
+#   bash bench/gpu_check.sh ncu         ncu on one kernel of bench/kernel_probe.py (PROBE_ARGS="--op attention --config ...")
+#   bash bench/gpu_check.sh sanitize    compute-sanitizer racecheck/memcheck/synccheck on the same probe
 # .gpu/REVISION (gitignored) names the commit under test: the device copy has no git history.
 # CUTLASS headers: carry .cutlass (a copy of the nvidia-cutlass wheel's source/).
 # Pure-Python wheels the box lacks (pytest-xdist, for PYTEST_ARGS="-n 8") travel in .gpu/wheels.
@@ -52,6 +54,22 @@ for stage in "${@:-tests}"; do
       timeout 560 python3 bench/tune.py ${TUNE_ARGS:-} --out "$OUT/picks.json" 2>&1 | tee "$OUT/tune.log" || status=1 ;;
     gemm)
       timeout 400 python3 bench/gemm_sm90.py ${GEMM_ARGS:-} --out "$OUT/gemm_sm90.json" 2>&1 | tee "$OUT/gemm_sm90.log" || status=1 ;;
+    ncu)
+      # Hardware counters of one kernel (bench/kernel_probe.py, PROBE_ARGS): utilisation of each pipe, stall reasons,
+      # occupancy, memory traffic. Clocks stay as they are (--clock-control none).
+      timeout "${NCU_TIMEOUT:-300}" ncu --clock-control none --target-processes application-only \
+        --kernel-name regex:"${NCU_KERNEL:-_kernel}" --launch-skip "${NCU_SKIP:-1}" --launch-count "${NCU_COUNT:-1}" \
+        --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+        --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section SchedulerStats \
+        python3 bench/kernel_probe.py ${PROBE_ARGS:-} > "$OUT/ncu.txt" 2>&1 || status=1
+      tail -80 "$OUT/ncu.txt" ;;
+    sanitize)
+      # Shared-memory races, out-of-bounds accesses and barrier misuse in the same kernel (PROBE_ARGS).
+      for tool in ${SANITIZE_TOOLS:-racecheck memcheck synccheck}; do
+        timeout "${SANITIZE_TIMEOUT:-200}" compute-sanitizer --tool "$tool" --error-exitcode 3 \
+          python3 bench/kernel_probe.py ${PROBE_ARGS:-} --runs 0 > "$OUT/sanitize_$tool.log" 2>&1 || status=1
+        echo "$tool: $(tail -2 "$OUT/sanitize_$tool.log" | tr '\n' ' ')"
+      done ;;
     *) echo "unknown stage $stage"; status=2 ;;
   esac
 done
