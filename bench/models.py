@@ -261,19 +261,26 @@ def bench_model(name: str, args: argparse.Namespace, peak: float, workdir: Path,
 
 def kernel_breakdown(built: lb.LocalBuild, m: Model, feeds: dict, out_name: str, y: torch.Tensor,
                      batch: int, runs: int = 5) -> dict[str, Any]:
-    """Device time per Kiln kernel (torch.profiler over eager runs), largest first: where the time goes."""
+    """Device time per Kiln kernel (torch.profiler over eager runs), largest first: where the time goes.
+    Programmatic dependent launch is off meanwhile: with it, a kernel starts early and waits for the one
+    before, so its recorded time would hold part of its predecessor's."""
     from torch.profiler import ProfilerActivity, profile
 
     manifest = built.manifest()
     by_fn = {k.fn: k for k in manifest.kernels}
     fn_of = {k.kernel: k.fn for k in manifest.kernels}
-    for _ in range(2):
-        m.run(feeds, out={out_name: y})
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(runs):
+    pdl_switched = m.set_pdl(False)
+    try:
+        for _ in range(2):
             m.run(feeds, out={out_name: y})
         torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(runs):
+                m.run(feeds, out={out_name: y})
+            torch.cuda.synchronize()
+    finally:
+        if pdl_switched:
+            m.set_pdl(True)
     per_fn: dict[str, float] = {}
     other = 0.0
     # CUTLASS kernels are named by their template types, not by Kiln's function, so
@@ -311,7 +318,7 @@ def kernel_breakdown(built: lb.LocalBuild, m: Model, feeds: dict, out_name: str,
     print(f"  breakdown at batch {batch}: kernels {total:.3f} ms/run, unattributed {other / runs / 1e3:.3f} ms/run")
     for r in rows[:12]:
         print(f"    {r['ms_per_run']:.3f} ms  x{r['calls_per_run']}  {r['op']:10s} {r['config']}  {r['shapes']}")
-    return {"batch": batch, "kernels_ms": total, "unattributed_ms": other / runs / 1e3, "rows": rows}
+    return {"batch": batch, "pdl": False, "kernels_ms": total, "unattributed_ms": other / runs / 1e3, "rows": rows}
 
 
 def main() -> None:

@@ -52,7 +52,10 @@ def breakdown_table(model: dict[str, Any], peak_tflops: float, top: int = 8) -> 
     out = []
     for bd in model.get("breakdowns", []):
         batch = bd["batch"]
-        out += [f"**{model['model']} at batch {batch}**: kernels {bd['kernels_ms']:.3f} ms a run.", "",
+        # Older files do not say; with PDL on, each kernel's time holds its wait on the one before it.
+        pdl = {True: " (PDL on: a kernel's time includes its wait on the one before)", False: " (PDL off)"}.get(
+            bd.get("pdl"), "")
+        out += [f"**{model['model']} at batch {batch}**: kernels {bd['kernels_ms']:.3f} ms a run{pdl}.", "",
                 "| op | calls | ms a run | shapes | TFLOP/s | of matrix rate |", "|---|---|---|---|---|---|"]
         for r in bd["rows"][:top]:
             rate = share = "-"
