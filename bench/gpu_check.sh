@@ -22,7 +22,11 @@ if compgen -G ".gpu/wheels/*.whl" >/dev/null; then
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 [ -d .cutlass/include ] && export KILN_CUTLASS_DIR="$PWD/.cutlass"
-# Objects compiled beforehand on a CPU box (bench/tune.py --prepare), carried in .gpu/objects.
+# Objects compiled beforehand (bench/tune.py --prepare, or an earlier call's SAVE_OBJECTS), carried in .gpu/objects
+# or, packed (a quarter of the bytes, under the carry limit), as .gpu/objects.tgz.
+if [ -f .gpu/objects.tgz ]; then
+  mkdir -p .gpu/objects && tar -xzf .gpu/objects.tgz -C .gpu/objects && touch .gpu/REVISION
+fi
 [ -d .gpu/objects ] && export KILN_OBJECT_CACHE="$PWD/.gpu/objects"
 # torch.compile's caches (FX graphs, autotuning results) in .gpu/inductor when INDUCTOR_CACHE=1, so that
 # max-autotune's minutes of compiling per shape can be paid in one call and reused by a later one.
