@@ -8,7 +8,9 @@
 #   bash bench/gpu_check.sh models      bench/models.py (ResNet-50, BERT-base)
 #   bash bench/gpu_check.sh tune        bench/tune.py (profile picks only; MODELS_ARGS=--profile times them)
 #   bash bench/gpu_check.sh gemm        bench/gemm_sm90.py
-#   bash bench/gpu_check.sh ncu         ncu on one kernel of bench/kernel_probe.py (PROBE_ARGS="--op attention --config ...")
+#   bash bench/gpu_check.sh ncu         ncu on one kernel of bench/kernel_probe.py
+#                                       (PROBE_ARGS='--op attention --config {"block_q":128,"block_k":64}': JSON
+#                                       without spaces, since PROBE_ARGS is split on them)
 #   bash bench/gpu_check.sh sanitize    compute-sanitizer racecheck/memcheck/synccheck on the same probe
 # .gpu/REVISION (gitignored) names the commit under test: the device copy has no git history.
 # CUTLASS headers: carry .cutlass (a copy of the nvidia-cutlass wheel's source/).
