@@ -78,20 +78,15 @@ class CudaBackend(GpuBackend):
         lib = _CUTLASS.get(target.arch)
         return lib is not None and lib.plan_for(spec) is not None
 
-    def _cutlass_default(self, spec: KernelSpec, target: Target) -> bool:
-        return self._cutlass(spec, target) and spec.op in _CUTLASS[target.arch].DEFAULT_OPS
-
     def default_config(self, spec: KernelSpec, target: Target) -> dict[str, Any]:
-        if self._cutlass_default(spec, target):
+        if self._cutlass(spec, target):
             return dict(cutlass_sm90.defaults(spec)[0] if target.arch == "sm90" else cutlass_sm80.DEFAULT)
         return super().default_config(spec, target)
 
     def candidate_configs(self, spec: KernelSpec, target: Target) -> list[dict[str, Any]]:
         if self._cutlass(spec, target):
             table = cutlass_sm90.defaults(spec)[1] if target.arch == "sm90" else cutlass_sm80.CANDIDATES
-            # Where CUTLASS is not the default, the default (checked against first) leads.
-            lead = [] if self._cutlass_default(spec, target) else super().candidate_configs(spec, target)
-            return self.prune(spec, target, lead + [dict(c) for c in table])
+            return self.prune(spec, target, [dict(c) for c in table])
         return super().candidate_configs(spec, target)
 
     def fits(self, spec: KernelSpec, target: Target, config: dict[str, Any]) -> bool:

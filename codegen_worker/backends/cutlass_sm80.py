@@ -33,9 +33,6 @@ class EpiloguePlan:
     source_arg: int | None
 
 
-DEFAULT_OPS = ("linear",)
-
-
 def plan_for(spec: KernelSpec) -> EpiloguePlan | None:
     """How CUTLASS 2.x computes this linear on sm80, or None when it cannot."""
     out = spec.outputs[0]

@@ -100,11 +100,6 @@ def match_epilogue(program: tuple[EwInstr, ...], n_values: int) -> tuple[str | N
     return None
 
 
-# Ops whose CUTLASS kernel is the backend's default where it applies (matmul's since its
-# batched and folded GEMMs passed on the H200, session 6).
-DEFAULT_OPS = ("linear", "conv2d", "matmul")
-
-
 def matmul_batching(spec: KernelSpec) -> str | None:
     """How a matmul maps onto one CUTLASS GEMM: "fold" (b has no batch dims: a's batch
     folds into M), "batched" (a and b have the same batch dims: L = their product),
