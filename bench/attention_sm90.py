@@ -101,6 +101,8 @@ def main() -> None:
     p.add_argument("--default-only", action="store_true", help="time only the backend's default config")
     p.add_argument("--seq", type=int, default=384, help="sequence length (BERT-base: 384)")
     p.add_argument("--batches", default="1,8,32,64", help="comma list of batch sizes")
+    p.add_argument("--configs", default="", help="JSON list of configs to time after the default one, in place "
+                   "of the backend's candidates (configs it would not offer, for a variant under trial)")
     args = p.parse_args()
     S, BATCHES = args.seq, tuple(int(b) for b in args.batches.split(","))
     dev = torch.device("cuda")
@@ -110,6 +112,8 @@ def main() -> None:
     for masked in (False, True):
         graph = attention_graph(masked)
         configs = candidate_configs(graph)
+        if args.configs:
+            configs = configs[:1] + json.loads(args.configs)
         for cfg in configs[:1] if args.default_only else configs:
             builds.append((masked, cfg, graph))
     tmp = Path(tempfile.mkdtemp())
