@@ -6,6 +6,7 @@ expressions over the spec's symbols s0, s1, ... (see cexpr).
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -302,7 +303,19 @@ def _attention(b: Any, spec: KernelSpec) -> Context:
         st = strides(padded)
         ctx["m"] = {axis: ("INT64_C(0)" if padded[i] == 1 and full[i] != 1 else st[i])
                     for i, axis in enumerate(("b", "h", "q", "k"))}
+    fields = {"H": ctx["H"], "SQ": ctx["SQ"], "SK": ctx["SK"]}
+    for t in "qkvom" if a.has_mask else "qkvo":
+        fields |= {f"{t}_{axis}": expr for axis, expr in ctx[t].items() if axis != "base"}
+    if not a.has_mask:
+        fields |= {f"m_{axis}": "INT64_C(0)" for axis in "bhqk"}
+    ctx["consts"] = {name: value for name, expr in fields.items() if (value := _literal(expr)) is not None}
     return ctx
+
+
+def _literal(expr: str) -> int | None:
+    """The value of a C expression that is one integer literal (a static extent or stride), else None."""
+    m = re.fullmatch(r"\(*INT64_C\((-?\d+)\)\)*", expr.strip())
+    return int(m.group(1)) if m else None
 
 
 def is_int(dtype: DType) -> bool:
