@@ -40,6 +40,8 @@ CANDIDATES = [
     # Pingpong overlaps one warpgroup's epilogue with the other's mainloop: it pays where the
     # epilogue is long against a short K (BERT's FFN-up, K = 768, with an erf GELU per element).
     {"impl": "cutlass_sm90", "tile": [128, 128, 64], "cluster": [1, 1], "schedule": "pingpong"},
+    # The same with each weight tile multicast to two CTAs of a cluster: half the L2 reads of B.
+    {"impl": "cutlass_sm90", "tile": [128, 128, 64], "cluster": [2, 1], "schedule": "pingpong"},
     # Narrow outputs (ResNet's 64-channel pointwise convs run as GEMMs): half the waste of 128.
     {"impl": "cutlass_sm90", "tile": [128, 64, 64], "cluster": [1, 1], "schedule": "cooperative"},
     STREAMK,
