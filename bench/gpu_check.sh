@@ -25,10 +25,11 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 [ -d .cutlass/include ] && export KILN_CUTLASS_DIR="$PWD/.cutlass"
 # Objects compiled beforehand (bench/tune.py --prepare, or an earlier call's SAVE_OBJECTS), carried in .gpu/objects
-# or, packed (a quarter of the bytes, under the carry limit), as .gpu/objects.tgz.
-if [ -f .gpu/objects.tgz ]; then
-  mkdir -p .gpu/objects && tar -xzf .gpu/objects.tgz -C .gpu/objects && touch .gpu/REVISION
-fi
+# or, packed (a quarter of the bytes, under the carry limit), as .gpu/objects*.tgz.
+# Several packs (objects*.tgz: an older cache and a later call's additions) unpack into one cache.
+for pack in .gpu/objects*.tgz; do
+  [ -f "$pack" ] && mkdir -p .gpu/objects && tar -xzf "$pack" -C .gpu/objects && touch .gpu/REVISION
+done
 [ -d .gpu/objects ] && export KILN_OBJECT_CACHE="$PWD/.gpu/objects"
 # torch.compile's caches (FX graphs, autotuning results) in .gpu/inductor when INDUCTOR_CACHE=1, so that
 # max-autotune's minutes of compiling per shape can be paid in one call and reused by a later one.
