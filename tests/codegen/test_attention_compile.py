@@ -289,3 +289,44 @@ def test_min_blocks_caps_registers(tmp_path):
               if "spill stores" in line]
     assert len(regs) == 2 and max(regs) <= 96, out.stderr
     assert max(spills) <= 128, out.stderr
+
+
+def test_extents_the_shapes_fix_become_kernel_constants(tmp_path):
+    """Extents and strides known at render time are static constexpr members of
+    the kernels' params (index arithmetic folds, blocks known full drop their
+    edge tests); what varies at run time (the batch, here one op's sequence too)
+    stays a field the host fills. Both kinds compile side by side."""
+    seq, batch = IntVar("seq", 1, 200), IntVar("batch", 1, 8)
+    graph = lb.graph("attention_extents",
+                     lambda b: add_attention(b, DType.F16, "bshd", d=64, sq=384, sk=384, batch=batch, mask="b11k",
+                                             p="static."),
+                     lambda b: add_attention(b, DType.F16, "bshd", d=64, sq=seq, sk=seq, batch=batch, mask="b11k",
+                                             p="dynamic."))
+    calls = lower(run_passes(graph)[0], "cuda:sm90").calls
+    backend, target = get_backend("cuda"), get_target("cuda:sm90")
+    by_seq = {isinstance(c.spec.inputs[0].shape[1], int): c.spec for c in calls}
+    static, dynamic = (backend.render_kernel(by_seq[s], backend.default_config(by_seq[s], target), "kiln_k_probe")
+                       for s in (True, False))
+
+    def constant(source: str, name: str) -> str | None:
+        line = next((ln for ln in source.splitlines() if f"static constexpr int64_t {name} = " in ln), None)
+        return line.split("= ")[1].rstrip(";") if line else None
+
+    # bshd with 2 heads of 64: a position is 128 elements, a batch item 384 x 128; the mask is [B, 1, 1, S].
+    assert [constant(static, n) for n in ("H", "SQ", "SK", "k_s", "k_b", "m_b", "m_h", "m_k")] == [
+        "INT64_C(2)", "INT64_C(384)", "INT64_C(384)", "INT64_C(128)", "INT64_C(49152)", "INT64_C(384)", "INT64_C(0)",
+        "INT64_C(1)"]
+    assert [constant(dynamic, n) for n in ("H", "SQ", "SK", "k_s", "k_b", "m_b", "m_k")] == [
+        "INT64_C(2)", None, None, "INT64_C(128)", None, None, "INT64_C(1)"]
+    for source in (static, dynamic):  # the host fills every field, constant or not, and launches the kernels' view
+        assert "p.SK = " in source and "p.k_b = " in source and "(kiln_stream_t)stream, kp);" in source
+    _need("nvcc")
+    built = lb.build_local(graph, "cuda:sm90", tmp_path / "a", single_tu=True)
+    assert (built.dir / "libmodel.so").stat().st_size > 0
+
+
+@pytest.mark.parametrize("expr,value", [("INT64_C(384)", 384), ("(INT64_C(0))", 0), ("INT64_C(-3)", -3),
+                                        ("s0 * INT64_C(128)", None), ("INT64_C(2) * INT64_C(3)", None)])
+def test_only_single_literals_count_as_constants(expr, value):
+    from codegen_worker.backends.contexts import _literal
+    assert _literal(expr) == value

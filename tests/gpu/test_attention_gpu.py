@@ -235,6 +235,23 @@ def test_unaligned_pointers_take_the_plain_load_path(tmp_path, dtype, config):
 
 
 @pytest.mark.parametrize("dtype", HALVES)
+@pytest.mark.parametrize("config", [None, WGMMA["overlap"][1]], ids=["mma", "overlap"])
+def test_sequence_length_known_only_at_run_time(tmp_path, dtype, config):
+    """A length that varies at run time stays a params field while the head and
+    position strides become kernel constants: two lengths (neither a multiple
+    of a block), with a padding mask, full and causal, bshd and packed qkv."""
+    seq = IntVar("seq", 1, 200)
+    adds = [(lambda b, layout=layout, causal=causal: add_attention(
+                b, dtype, layout, d=64, sq=seq, sk=seq, batch=BATCH, mask="b11k", causal=causal,
+                p=case_name(dtype, layout, 64, "b11k", causal)))
+            for layout in ("bshd", "bs3hd") for causal in (False, True)]
+    graph = lb.graph("attention_dynamic_seq", *adds)
+    build_and_check(tmp_path, graph, dtype, {"attention": config} if config else None,
+                    feeds_list=[lb.feeds_for(graph, seed=n, sizes=s)
+                                for n, s in enumerate(({"batch": 3, "seq": 77}, {"batch": 1, "seq": 200}))])
+
+
+@pytest.mark.parametrize("dtype", HALVES)
 def test_bert_base_shape(tmp_path, dtype):
     """B=8, H=12, S=384, D=64 (BERT-base) with a key-padding mask, bshd."""
     b = GraphBuilder("bert_attention")
