@@ -63,11 +63,14 @@ for stage in "${@:-tests}"; do
       timeout 400 python3 bench/gemm_sm90.py ${GEMM_ARGS:-} --out "$OUT/gemm_sm90.json" 2>&1 | tee "$OUT/gemm_sm90.log" || status=1 ;;
     ncu)
       # Hardware counters of one kernel (bench/kernel_probe.py, PROBE_ARGS): utilisation of each pipe, stall reasons,
-      # occupancy, memory traffic. Clocks stay as they are (--clock-control none).
+      # occupancy, memory traffic, and (NCU_METRICS; empty for none) the warps stalled on each reason per issue,
+      # which the sections leave out. Clocks stay as they are (--clock-control none).
+      ncu_metrics=${NCU_METRICS-'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio'}
       timeout "${NCU_TIMEOUT:-300}" ncu --clock-control none --target-processes application-only \
         --kernel-name regex:"${NCU_KERNEL:-_kernel}" --launch-skip "${NCU_SKIP:-1}" --launch-count "${NCU_COUNT:-1}" \
         --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
         --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section SchedulerStats \
+        ${ncu_metrics:+--metrics "$ncu_metrics"} \
         python3 bench/kernel_probe.py ${PROBE_ARGS:-} > "$OUT/ncu.txt" 2>&1 || status=1
       tail -80 "$OUT/ncu.txt" ;;
     sanitize)
