@@ -13,7 +13,7 @@
 #                                       without spaces, since PROBE_ARGS is split on them)
 #   bash bench/gpu_check.sh sanitize    compute-sanitizer racecheck/memcheck/synccheck on the same probe
 # .gpu/REVISION (gitignored) names the commit under test: the device copy has no git history.
-# CUTLASS headers: carry .cutlass (a copy of the nvidia-cutlass wheel's source/).
+# CUTLASS headers: carry .cutlass (a copy of the nvidia-cutlass wheel's source/) or .gpu/cutlass.tgz (it packed).
 # Pure-Python wheels the box lacks (pytest-xdist, for PYTEST_ARGS="-n 8") travel in .gpu/wheels.
 # SAVE_OBJECTS=1 / INDUCTOR_CACHE=1 bring compiled objects / torch.compile caches back for the next call.
 # Results land in $OUT (the device tool brings them back): logs and JSON.
@@ -23,6 +23,10 @@ if compgen -G ".gpu/wheels/*.whl" >/dev/null; then
     && export PYTHONPATH="/tmp/kiln_site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# CUTLASS headers: a carried .cutlass/, or packed as .gpu/cutlass.tgz (2.5 MB against 28 of the 64 MiB carry limit).
+if [ ! -d .cutlass/include ] && [ -f .gpu/cutlass.tgz ]; then
+  tar -xzf .gpu/cutlass.tgz
+fi
 [ -d .cutlass/include ] && export KILN_CUTLASS_DIR="$PWD/.cutlass"
 # Objects compiled beforehand (bench/tune.py --prepare, or an earlier call's SAVE_OBJECTS), carried in .gpu/objects
 # or, packed (a quarter of the bytes, under the carry limit), as .gpu/objects*.tgz.
@@ -33,11 +37,16 @@ done
 [ -d .gpu/objects ] && export KILN_OBJECT_CACHE="$PWD/.gpu/objects"
 # torch.compile's caches (FX graphs, autotuning results) in .gpu/inductor when INDUCTOR_CACHE=1, so that
 # max-autotune's minutes of compiling per shape can be paid in one call and reused by a later one.
+# It travels as parts of at most 15 MiB (inductor.tgz.part-*: the tool returns files up to 16 MiB).
 if [ -n "${INDUCTOR_CACHE:-}" ]; then
   mkdir -p .gpu/inductor && export TORCHINDUCTOR_CACHE_DIR="$PWD/.gpu/inductor"
+  if compgen -G ".gpu/inductor.tgz.part-*" >/dev/null; then
+    cat .gpu/inductor.tgz.part-* | tar -xzf - -C .gpu/inductor
+  fi
 fi
 OUT="${OUT:-bench/results/gpu}"
 mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
 status=0
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; nvcc --version | tail -1;
   echo "commit $(cat .gpu/REVISION 2>/dev/null || echo unknown), $(date -u +%FT%TZ)"; } \
@@ -89,9 +98,9 @@ if [ -n "${SAVE_OBJECTS:-}" ] && [ -d .gpu/objects ]; then
   (cd .gpu/objects && find . -name '*.o' -newer ../REVISION -print0 | tar -czf "$OUT/objects.tgz" --null -T -)
   ls -l "$OUT/objects.tgz"
 fi
-# The inductor cache comes back the same way (INDUCTOR_CACHE=1): unpack with tar -xzf -C .gpu/inductor.
+# The inductor cache comes back the same way (INDUCTOR_CACHE=1), in parts: carry them in .gpu as they are.
 if [ -n "${INDUCTOR_CACHE:-}" ] && [ -d .gpu/inductor ]; then
-  (cd .gpu/inductor && tar -czf "$OUT/inductor.tgz" .)
-  ls -l "$OUT/inductor.tgz"
+  (cd .gpu/inductor && tar -czf - .) | split -b 15M - "$OUT/inductor.tgz.part-"
+  ls -l "$OUT"/inductor.tgz.part-*
 fi
 exit $status
