@@ -330,3 +330,22 @@ def test_extents_the_shapes_fix_become_kernel_constants(tmp_path):
 def test_only_single_literals_count_as_constants(expr, value):
     from codegen_worker.backends.contexts import _literal
     assert _literal(expr) == value
+
+
+@pytest.mark.parametrize("config", [None, {"block_q": 128, "block_k": 64, "wgmma": True, "overlap": True}],
+                         ids=["mma", "wgmma-overlap"])
+def test_head_dims_whose_rows_do_not_split_the_threads_compile(tmp_path, config):
+    """D = 48, 96 and 112 take the tensor-core path with 6, 12 and 14 16-byte
+    chunks a row, which 128 or 256 threads do not divide evenly: the tile loads
+    must still cover every chunk (no GPU test runs these widths)."""
+    _need("nvcc")
+    batch = IntVar("batch", 1, 4)
+    graph = lb.graph("attention_odd_widths", *[
+        (lambda b, d=d: add_attention(b, DType.F16, "bshd", d=d, sq=70, sk=90, batch=batch, mask="b11k",
+                                      causal=True, p=f"d{d}."))
+        for d in (48, 96, 112)])
+    built = lb.build_local(graph, "cuda:sm90", tmp_path / "a", configs={"attention": config} if config else None,
+                           single_tu=True)
+    source = (built.dir / "build" / "kernels.cu").read_text()
+    assert source.count("// ---- tensor-core path") == 3
+    assert ("wgmma.mma_async" in source) == bool(config)
