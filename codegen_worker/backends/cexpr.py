@@ -6,6 +6,7 @@ where the loop runs (a host loop, a CUDA grid, a HIP grid).
 from __future__ import annotations
 
 import math
+import re
 
 from kiln.ir import Dim, IntVar, TensorType
 from kiln.ops import EwInstr
@@ -40,6 +41,13 @@ BINARY_C = {
 def dim_expr(d: Dim) -> str:
     """Spec symbols are s0, s1, ...: C variables the kernel reads from dims[]."""
     return d.name if isinstance(d, IntVar) else f"INT64_C({d})"
+
+
+def literal_value(expr: str) -> int | None:
+    """The value of an expression that is one literal as dim_expr/numel_expr write it (a static
+    extent or stride), else None."""
+    m = re.fullmatch(r"\(*INT64_C\((-?\d+)\)\)*", expr.strip())
+    return int(m.group(1)) if m else None
 
 
 def numel_expr(shape: tuple[Dim, ...]) -> str:

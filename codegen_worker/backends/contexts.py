@@ -6,7 +6,6 @@ expressions over the spec's symbols s0, s1, ... (see cexpr).
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -308,14 +307,8 @@ def _attention(b: Any, spec: KernelSpec) -> Context:
         fields |= {f"{t}_{axis}": expr for axis, expr in ctx[t].items() if axis != "base"}
     if not a.has_mask:
         fields |= {f"m_{axis}": "INT64_C(0)" for axis in "bhqk"}
-    ctx["consts"] = {name: value for name, expr in fields.items() if (value := _literal(expr)) is not None}
+    ctx["consts"] = {name: value for name, expr in fields.items() if (value := cexpr.literal_value(expr)) is not None}
     return ctx
-
-
-def _literal(expr: str) -> int | None:
-    """The value of a C expression that is one integer literal (a static extent or stride), else None."""
-    m = re.fullmatch(r"\(*INT64_C\((-?\d+)\)\)*", expr.strip())
-    return int(m.group(1)) if m else None
 
 
 def is_int(dtype: DType) -> bool:

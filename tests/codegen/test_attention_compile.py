@@ -328,8 +328,8 @@ def test_extents_the_shapes_fix_become_kernel_constants(tmp_path):
 @pytest.mark.parametrize("expr,value", [("INT64_C(384)", 384), ("(INT64_C(0))", 0), ("INT64_C(-3)", -3),
                                         ("s0 * INT64_C(128)", None), ("INT64_C(2) * INT64_C(3)", None)])
 def test_only_single_literals_count_as_constants(expr, value):
-    from codegen_worker.backends.contexts import _literal
-    assert _literal(expr) == value
+    from codegen_worker.backends.cexpr import literal_value
+    assert literal_value(expr) == value
 
 
 @pytest.mark.parametrize("config", [None, {"block_q": 128, "block_k": 64, "wgmma": True, "overlap": True}],
