@@ -47,8 +47,22 @@ def check(got: np.ndarray, want: np.ndarray, bound: float) -> None:
 def test_gelu_erf_matches_exact_gelu(tmp_path):
     got = host_values(tmp_path, "gelu_erf.h", "kiln_gelu_erf")
     want = np.array([0.5 * float(x) * (1.0 + math.erf(float(x) / math.sqrt(2.0))) for x in XS])
-    # A&S 7.1.26 bounds erf's error by 1.5e-7; GELU's is |x|/2 of that, plus float rounding.
-    check(got, want, 4e-7)
+    # The fit's error on Q is ~3e-6 relative; on GELU it is at most ~6e-7 absolute (at |x| ~ 0.5), plus float rounding.
+    check(got, want, 8e-7)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed")
+def test_gelu_erf_is_relatively_accurate_in_the_tail(tmp_path):
+    """Relative error wherever fp16 has normal numbers (|GELU| >= 2^-14): the left tail too, down to x ~ -4.5.
+
+    A&S 7.1.26, which gelu_erf.h used before, was off by 6e-4 there (half an fp16 ulp); the fit is under 1e-5.
+    """
+    got = host_values(tmp_path, "gelu_erf.h", "kiln_gelu_erf")
+    # 0.5 x erfc(-x/sqrt2) keeps its relative precision in the left tail, where x (1 + erf) cancels.
+    want = np.array([0.5 * float(x) * math.erfc(-float(x) / math.sqrt(2.0)) for x in XS])
+    normal = np.abs(want) >= 2.0**-14
+    rel = np.abs(got - want)[normal] / np.abs(want[normal])
+    assert rel.max() < 1e-5, (XS[normal][rel.argmax()], rel.max())
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed")
