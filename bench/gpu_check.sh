@@ -13,6 +13,7 @@
 #                                       without spaces, since PROBE_ARGS is split on them)
 #   bash bench/gpu_check.sh sanitize    compute-sanitizer racecheck/memcheck/synccheck on the same probe
 # .gpu/REVISION (gitignored) names the commit under test: the device copy has no git history.
+# CLOCKS=1 samples SM clock, power and throttle reasons meanwhile into $OUT/clocks.csv.
 # CUTLASS headers: carry .cutlass (a copy of the nvidia-cutlass wheel's source/) or .gpu/cutlass.tgz (it packed).
 # Pure-Python wheels the box lacks (pytest-xdist, for PYTEST_ARGS="-n 8") travel in .gpu/wheels.
 # SAVE_OBJECTS=1 / INDUCTOR_CACHE=1 bring compiled objects / torch.compile caches back for the next call.
@@ -48,6 +49,14 @@ OUT="${OUT:-bench/results/gpu}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 status=0
+# CLOCKS=1: the SM clock, power and throttle reasons every 250 ms while the stages run (read only; the card's settings
+# stay as they are), to tell a slow kernel from a card that lowered its clocks under sustained load.
+sampler=
+if [ -n "${CLOCKS:-}" ]; then
+  nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_event_reasons.active \
+    --format=csv -lms 250 > "$OUT/clocks.csv" 2>&1 &
+  sampler=$!
+fi
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; nvcc --version | tail -1;
   echo "commit $(cat .gpu/REVISION 2>/dev/null || echo unknown), $(date -u +%FT%TZ)"; } \
   | tee -a "$OUT/device.txt"
@@ -92,6 +101,7 @@ for stage in "${@:-tests}"; do
     *) echo "unknown stage $stage"; status=2 ;;
   esac
 done
+[ -n "$sampler" ] && kill "$sampler" 2>/dev/null
 # Objects compiled here come back too (SAVE_OBJECTS=1), for the next call's carried cache: one
 # tarball, since the tool returns at most 8 files (16 MiB each). Unpack with tar -xzf -C .gpu/objects.
 if [ -n "${SAVE_OBJECTS:-}" ] && [ -d .gpu/objects ]; then
