@@ -247,6 +247,8 @@ def bench_model(name: str, args: argparse.Namespace, peak: float, workdir: Path,
         wanted = {BATCHES[name][b] if b < 0 else b for b in args.breakdown_batches}
         if batch in wanted:
             result.setdefault("breakdowns", []).append(kernel_breakdown(built, m, feeds, out_name, y, batch))
+            result.setdefault("graph_timelines", []).append(
+                graph_timeline(kiln_run, len(built.plan.calls), batch))
             save(result)
         print(f"  batch {batch:4d}: kiln {row['kiln_ms']:.3f} ms  "
               + (f"(heuristic {row['kiln_heuristic_ms']:.3f})  " if "kiln_heuristic_ms" in row else "")
@@ -257,6 +259,52 @@ def bench_model(name: str, args: argparse.Namespace, peak: float, workdir: Path,
     if heuristic_model is not None:
         heuristic_model.close()
     return result
+
+
+def busy_and_span(intervals: list[tuple[float, float]]) -> tuple[float, float]:
+    """(time some interval covers, first start to last end) of (start, end) pairs: kernels that
+    overlap (PDL lets one start while its predecessor drains) count once."""
+    busy, end_so_far = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > end_so_far:
+            busy += end - max(start, end_so_far)
+            end_so_far = end
+    return busy, (max(e for _, e in intervals) - min(s for s, _ in intervals)) if intervals else 0.0
+
+
+def graph_timeline(run: Callable[[], Any], kernels_per_run: int, batch: int, runs: int = 5) -> dict[str, Any]:
+    """The replayed CUDA graph as the card ran it (the profiler traces the kernels inside a graph),
+    PDL as in the timed runs. Per run: the span from its first kernel's start to its last one's end,
+    the time some kernel ran, and the idle rest. Idle time is gaps between kernels; busy time over
+    the eager breakdown's sum is the same kernels running slower inside the graph (clocks, L2)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(2):
+        run()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(runs):
+            run()
+            torch.cuda.synchronize()  # runs apart, so that each run's span is its own
+    try:
+        events = sorted(((e.time_range.start, e.time_range.end) for e in prof.events()
+                         if e.device_type == torch.autograd.DeviceType.CUDA), key=lambda iv: iv[0])
+    except (AttributeError, TypeError) as err:  # a torch whose events lack these fields
+        print(f"  graph timeline: no device events ({err})", flush=True)
+        return {"batch": batch, "error": str(err)}
+    out: dict[str, Any] = {"batch": batch, "pdl": True, "device_events": len(events), "runs": runs,
+                           "kernels_per_run": kernels_per_run}
+    if len(events) % runs == 0 and events:
+        per = len(events) // runs
+        stats = [busy_and_span(events[i * per:(i + 1) * per]) for i in range(runs)]
+        busy = statistics.median(b for b, _ in stats) / 1e3
+        span = statistics.median(sp for _, sp in stats) / 1e3
+        out.update(busy_ms=busy, span_ms=span, idle_ms=span - busy)
+        print(f"  graph replay at batch {batch}: span {span:.3f} ms/run, kernels busy {busy:.3f}, "
+              f"idle {span - busy:.3f} ({per} device events a run for {kernels_per_run} calls)", flush=True)
+    else:
+        print(f"  graph timeline: {len(events)} device events for {runs} runs: not split into runs", flush=True)
+    return out
 
 
 def kernel_breakdown(built: lb.LocalBuild, m: Model, feeds: dict, out_name: str, y: torch.Tensor,
