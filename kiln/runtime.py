@@ -57,6 +57,9 @@ class Model:
             self.has_graph_replay = hasattr(self.lib, "kiln_model_run_graph")
             if self.has_graph_replay:
                 self.lib.kiln_model_run_graph.argtypes = self.lib.kiln_model_run.argtypes
+        # Graph replays already checked, by what was checked: see _replay_hit.
+        self._replays: dict[tuple, tuple[Any, Any, Any]] = {}
+        self._names = ([s.name for s in self.manifest.inputs], [s.name for s in self.manifest.outputs])
 
     def set_pdl(self, on: bool) -> bool:
         """Switch programmatic dependent launch (Hopper: each kernel launched while the one
@@ -69,6 +72,7 @@ class Model:
         return fn(self.handle, int(on)) == 0
 
     def close(self) -> None:
+        self._replays = {}
         if getattr(self, "handle", None):
             self.lib.kiln_model_destroy(self.handle)
             self.handle = None
@@ -109,6 +113,10 @@ class Model:
         (GPU, device tensors, a non-default stream) replays a captured CUDA/HIP
         graph once the same shapes and buffers were seen: pass the same `out`
         tensors each time, or every call captures anew."""
+        if graph and out is not None and self._replays:
+            hit = self._replay_hit(inputs, out, stream)
+            if hit is not None:
+                return hit
         first = next(iter(inputs.values()), None)
         if not isinstance(first, np.ndarray) and hasattr(first, "__dlpack__") and not _is_torch(first):
             import torch
@@ -138,8 +146,8 @@ class Model:
         return {s.name: from_storage(a, s.dtype) for s, a in zip(self.manifest.outputs, host_out, strict=True)}
 
     def _call(self, ins: list[int], outs: list[int], syms: Any, stream: int | None, graph: bool = False) -> None:
-        in_arr = (ctypes.c_void_p * max(1, len(ins)))(*ins)
-        out_arr = (ctypes.c_void_p * max(1, len(outs)))(*outs)
+        in_arr = _c_array(ctypes.c_void_p, ins)
+        out_arr = _c_array(ctypes.c_void_p, outs)
         run = self.lib.kiln_model_run_graph if graph else self.lib.kiln_model_run
         rc = run(self.handle, in_arr, out_arr, syms, stream)
         if rc != 0:
@@ -210,7 +218,53 @@ class Model:
         if graph and (self.family == "cpu" or not stream):
             raise RunError("graph replay needs a GPU model and a non-default stream (e.g. inside torch.cuda.stream(...))")
         self._call([t.data_ptr() for t in ins], [t.data_ptr() for t in outs.values()], syms, stream, graph)
+        if graph and out is not None:
+            key = self._replay_key(inputs, out, stream)
+            if key is not None:
+                if len(self._replays) >= _MAX_REPLAYS:
+                    self._replays.pop(next(iter(self._replays)))
+                self._replays[key] = (_c_array(ctypes.c_void_p, [t.data_ptr() for t in ins]),
+                                      _c_array(ctypes.c_void_p, [t.data_ptr() for t in outs.values()]), syms)
         return outs
+
+    def _replay_key(self, inputs: dict[str, Any], out: dict[str, Any], stream: int | None) -> tuple | None:
+        """What a replay's checks depended on: every tensor's pointer, shape, strides, dtype and
+        device, and the stream. Equal keys pass the same checks and bind the same symbols."""
+        names_in, names_out = self._names
+        if len(inputs) != len(names_in) or len(out) != len(names_out):
+            return None
+        try:
+            tensors = [inputs[n] for n in names_in] + [out[n] for n in names_out]
+            if stream is None and getattr(tensors[0].device, "type", None) == "cuda":
+                import torch
+
+                stream = torch.cuda.current_stream(tensors[0].device).cuda_stream
+            if type(stream) is not int:  # None on the cpu, or a ctypes pointer (unhashable): the full path
+                return None
+            return (stream, *((t.data_ptr(), t.shape, t.stride(), t.dtype, t.device) for t in tensors))
+        except (KeyError, AttributeError, TypeError, ValueError, RuntimeError):
+            return None  # not torch tensors, or names missing: the full path says what is wrong
+
+    def _replay_hit(self, inputs: dict[str, Any], out: dict[str, Any], stream: int | None) -> dict[str, Any] | None:
+        """A replay whose tensors and stream match one already run: straight to the library.
+        Serving at batch 1, the full path's Python (binding, checks, argument arrays) is 15-25 us
+        a call, several percent of a small model's run (ResNet-50: about 0.4 ms)."""
+        key = self._replay_key(inputs, out, stream)
+        entry = self._replays.get(key) if key is not None else None
+        if entry is None:
+            return None
+        in_arr, out_arr, syms = entry
+        rc = self.lib.kiln_model_run_graph(self.handle, in_arr, out_arr, syms, key[0])
+        if rc != 0:
+            raise RunError(f"kiln_model_run failed ({rc}): {self.lib.kiln_model_error(self.handle).decode()}")
+        return {n: out[n] for n in self._names[1]}
+
+
+_MAX_REPLAYS = 64  # checked replays remembered per model (the library keeps its own graphs)
+
+
+def _c_array(ctype: Any, values: list[int]) -> Any:
+    return (ctype * max(1, len(values)))(*values)
 
 
 def _is_torch(x: Any) -> bool:

@@ -153,3 +153,27 @@ def test_programmatic_dependent_launch_changes_no_bit(tmp_path):
                 assert torch.equal(on, off), f"batch {n}, step {steps[k]}: the launch mode changed the result"
     finally:
         m.close()
+
+
+def test_replays_already_checked_still_refuse_what_the_checks_refuse(model):
+    """After replays have been remembered (Model._replay_hit skips the checks for them), a strided
+    view at the same address, or an output of another dtype, is still refused, and the remembered
+    replay still answers right."""
+    graph, m = model
+    name = m.manifest.outputs[0].name
+    buf = torch.randn(4 * 128, device="cuda", dtype=torch.float16)
+    x, strided = buf[:256].view(4, 64), buf.view(4, 128)[:, :64]  # one address, one shape, two layouts
+    y = torch.empty(4, 64, device="cuda", dtype=torch.float16)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            m.run({"x": x}, out={name: y}, graph=True)
+        assert m._replays, "the replay was not remembered"
+        with pytest.raises(RunError, match="contiguous"):
+            m.run({"x": strided}, out={name: y}, graph=True)
+        with pytest.raises(RunError, match="out"):
+            m.run({"x": x}, out={name: y.view(torch.int16)}, graph=True)
+        x.copy_(torch.randn_like(x))
+        m.run({"x": x}, out={name: y}, graph=True)
+    stream.synchronize()
+    assert lb.rel_err(y.float().cpu().numpy(), _ref(graph, x)) < 1e-2
