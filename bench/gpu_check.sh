@@ -8,6 +8,7 @@
 #   bash bench/gpu_check.sh models      bench/models.py (ResNet-50, BERT-base)
 #   bash bench/gpu_check.sh tune        bench/tune.py (profile picks only; MODELS_ARGS=--profile times them)
 #   bash bench/gpu_check.sh gemm        bench/gemm_sm90.py
+#   bash bench/gpu_check.sh bandwidth   bench/bandwidth.py (read, write and copy rates: the floor of memory-bound kernels)
 #   bash bench/gpu_check.sh ncu         ncu on one kernel of bench/kernel_probe.py
 #                                       (PROBE_ARGS='--op attention --config {"block_q":128,"block_k":64}': JSON
 #                                       without spaces, since PROBE_ARGS is split on them)
@@ -79,6 +80,8 @@ for stage in "${@:-tests}"; do
       timeout 560 python3 bench/tune.py ${TUNE_ARGS:-} --out "$OUT/picks.json" 2>&1 | tee "$OUT/tune.log" || status=1 ;;
     gemm)
       timeout 400 python3 bench/gemm_sm90.py ${GEMM_ARGS:-} --out "$OUT/gemm_sm90.json" 2>&1 | tee "$OUT/gemm_sm90.log" || status=1 ;;
+    bandwidth)
+      timeout 120 python3 bench/bandwidth.py --out "$OUT/bandwidth.json" 2>&1 | tee "$OUT/bandwidth.log" || status=1 ;;
     ncu)
       # Hardware counters of one kernel (bench/kernel_probe.py, PROBE_ARGS): utilisation of each pipe, stall reasons,
       # occupancy, memory traffic, and (NCU_METRICS; empty for none) the warps stalled on each reason per issue,
