@@ -68,6 +68,15 @@ for stage in "${@:-tests}"; do
         python3 bench/check_artifact.py --dir .gpu/mlp_sm90 --model examples/mlp.py --json "$OUT/mlp_sm90.json" \
           2>&1 | tee "$OUT/mlp_sm90.log" || status=1
       fi
+      # A model artifact the farm built for cuda:sm90 (kiln compile bench/farm_models/NAME.py, kiln fetch into
+      # .gpu/farm_NAME): its model file imports the seeded torch model again here, and the check says whether
+      # that is the very graph (weights included) the artifact was compiled from before it compares outputs.
+      for art in .gpu/farm_*/; do
+        [ -f "$art/manifest.json" ] || continue
+        name=$(basename "$art"); name=${name#farm_}
+        python3 bench/check_artifact.py --dir "$art" --model "bench/farm_models/$name.py" --batches 1,2,16 \
+          --json "$OUT/farm_$name.json" 2>&1 | tee "$OUT/farm_$name.log" || status=1
+      done
       timeout "${TESTS_TIMEOUT:-500}" python3 -m pytest -q -rf -m gpu ${PYTEST_ARGS:-} ${TESTS:-tests/gpu} ${TESTS_K:+-k "$TESTS_K"} -p no:cacheprovider 2>&1 \
         | tee "$OUT/pytest_gpu.log" || status=1 ;;
     attention)
