@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 
 import torch
 
+from bench.check_artifact import device_name
 from bench.models import timed
 
 
@@ -39,8 +39,7 @@ def main() -> None:
     p.add_argument("--out", default="bandwidth.json")
     p.add_argument("--mib", default="256,976", help="comma list of buffer sizes in MiB (each far past L2)")
     args = p.parse_args()
-    card = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                          capture_output=True, text=True).stdout.strip()
+    card = device_name()
     print(card, flush=True)
     rows = [r for mib in args.mib.split(",") for r in measure(int(mib))]
     with open(args.out, "w") as f:

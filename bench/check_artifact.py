@@ -10,11 +10,8 @@ import time
 
 import numpy as np
 
-from kiln import keys, reference
-from kiln.canon import canonical_graph
-from kiln.ir import Graph
+from kiln import reference
 from kiln.loader import load_model
-from kiln.manifest import Manifest
 from kiln.runtime import Model
 
 
@@ -26,15 +23,6 @@ def device_name() -> str:
         return platform.processor() or platform.machine()
 
 
-def same_graph(graph: Graph, manifest: Manifest) -> bool:
-    """Whether `graph` (its ops, names and every constant's bytes) is the one the artifact was compiled from:
-    its job key, with the artifact's target, compiler and toolchain, is the artifact's. A model file that
-    imports a seeded torch model on another machine proves here that it made the same weights."""
-    options = {"profile": manifest.profiled, "cuda_graph": False}  # what `kiln compile` submits
-    key = keys.job_key(canonical_graph(graph), manifest.target, options, manifest.compiler_version, manifest.toolchain)
-    return key == manifest.job_key
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--dir", required=True)
@@ -44,7 +32,7 @@ def main() -> None:
     args = p.parse_args()
     graph = load_model(args.model)
     model = Model(args.dir)
-    matches = same_graph(graph, model.manifest)
+    matches = model.manifest.built_from(graph)
     print(f"{args.model}: {'the graph the artifact was compiled from' if matches else 'NOT the artifact graph'} "
           f"(job key {model.manifest.job_key[:12]})")
     rows = []

@@ -45,9 +45,7 @@ class Frontend:
         toolchain = self.jobs.r.hget(farm.TOOLCHAINS_KEY, target.family)
         if not toolchain:
             raise Unavailable(f"no codegen worker for {target.codegen_queue} has registered; start one for target {target.name}")
-        options = {"profile": req.options.profile or req.options.profile_only, "cuda_graph": req.options.cuda_graph}
-        if req.options.profile_only:
-            options["profile_only"] = True  # absent otherwise, so compile jobs keep their keys
+        options = keys.job_options(req.options.profile, req.options.cuda_graph, req.options.profile_only)
         key = keys.job_key(canonical_graph(graph), target.name, options, compiler_version(), toolchain)
         artifact = self.store.get_ref(f"actions/{key}")
         if artifact and self.store.has(artifact):

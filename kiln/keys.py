@@ -26,6 +26,14 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def job_options(profile: bool, cuda_graph: bool, profile_only: bool = False) -> dict[str, Any]:
+    """The options a job's key covers. profile_only is absent when false, so compile jobs keep their keys."""
+    options: dict[str, Any] = {"profile": profile or profile_only, "cuda_graph": cuda_graph}
+    if profile_only:
+        options["profile_only"] = True
+    return options
+
+
 def job_key(graph_canonical: Any, target: str, options: dict, compiler_version: str, toolchain: str) -> str:
     return digest(JOB_SALT, {"graph": graph_canonical, "target": target, "options": options,
                              "compiler": compiler_version, "toolchain": toolchain})

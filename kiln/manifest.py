@@ -9,9 +9,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from kiln import keys
+from kiln.canon import canonical_graph
 from kiln.codec import from_json, to_json
 from kiln.dtypes import DType
-from kiln.ir import Dim, IntVar
+from kiln.ir import Dim, Graph, IntVar
 
 FORMAT = 1
 
@@ -66,3 +68,12 @@ class Manifest:
 
     def file(self, path: str) -> FileEntry:
         return next(f for f in self.files if f.path == path)
+
+    def built_from(self, graph: Graph) -> bool:
+        """Whether `graph` (names, ops and every constant's bytes) is the one this artifact was compiled
+        from: its job key, under this artifact's target, options, compiler and toolchain, is this one's.
+        A model file that imports a seeded model on another machine proves so that it made the same weights.
+        The manifest does not record a job's cuda_graph option, so both values are tried."""
+        canon = canonical_graph(graph)
+        return any(keys.job_key(canon, self.target, keys.job_options(self.profiled, cuda_graph), self.compiler_version,
+                                self.toolchain) == self.job_key for cuda_graph in (False, True))
