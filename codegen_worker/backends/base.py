@@ -196,6 +196,8 @@ class Backend:
 # GPU ops whose only tuning knob is the threads per block.
 GPU_BLOCK_OPS = ("conv2d", "pool2d", "reduce_sum", "reduce_mean", "reduce_max", "permute", "slice", "concat",
                  "embedding", "cast", "copy", "matmul", "pad", "im2col")
+# patch_linear's one knob is the pixels a block owns (block_m; gpu/patch_linear.j2).
+PATCH_LINEAR_DEFAULT = {"block_m": 64}
 
 
 class GpuBackend(Backend):
@@ -204,6 +206,8 @@ class GpuBackend(Backend):
     def fits(self, spec: KernelSpec, target: Target, config: dict[str, Any]) -> bool:
         if spec.op == "attention":
             return self._attention_fits(spec, target, config)
+        if spec.op == "patch_linear":
+            return self._patch_linear_fits(spec, target, config)
         if spec.op == "linear":
             # linear.j2 launches T x T threads, each staging one element of both tiles.
             tile = int(config["tile"])
@@ -213,6 +217,14 @@ class GpuBackend(Backend):
         # A partial warp idles lanes; the reductions also keep one slot per warp in shared[32].
         block = int(config["block"])
         return 0 < block <= target.max_threads_per_block and block % target.warp_size == 0
+
+    def _patch_linear_fits(self, spec: KernelSpec, target: Target, config: dict[str, Any]) -> bool:
+        ctx = contexts.op_context(self, spec)
+        if not ctx["mma"]:
+            return config == self.default_configs["patch_linear"]  # the SIMT path has no knob
+        block_m = int(config.get("block_m", 0))
+        return block_m in (32, 64, 128) and patch_linear_smem_bytes(block_m, ctx["N"], ctx["K"]) \
+            <= target.opt_in_smem_per_block
 
     def _attention_fits(self, spec: KernelSpec, target: Target, config: dict[str, Any]) -> bool:
         ctx = contexts.op_context(self, spec)
@@ -241,6 +253,11 @@ class GpuBackend(Backend):
             fits_smem = smem <= target.smem_per_block
         return (bq > 0 and bk > 0 and bq % rows == 0 and bk % 16 == 0
                 and (bq // rows) * 32 <= target.max_threads_per_block and fits_smem)
+
+
+def patch_linear_smem_bytes(block_m: int, n: int, k: int) -> int:
+    """gpu/patch_linear.j2's tensor-core path: the block's patches and the weights, rows padded by 16 bytes."""
+    return (block_m + n) * (-(-k // 16) * 16 + 8) * 2
 
 
 # The most shared memory one sm90 block may opt in to (227 KiB), and an SM's whole (228 KiB).

@@ -179,6 +179,29 @@ def _im2col(b: Any, spec: KernelSpec) -> Context:
             **_row_vector(a.cols, x.dtype.itemsize)}
 
 
+@context_for("patch_linear")
+def _patch_linear(b: Any, spec: KernelSpec) -> Context:
+    """im2col's window fields (its kernel gathers them) + linear's N and epilogue; K is the weight's
+    padded width, KC = KH*KW*C the columns that hold taps."""
+    x, w, out = spec.inputs[0], spec.inputs[1], spec.outputs[0]
+    a = spec.attrs
+    _, h, wd, c = (x.shape[0], *x.shape[2:], x.shape[1]) if a.channels_first else x.shape
+    src = "((img * {C} + c) * {H} + ih) * {W} + iw" if a.channels_first else "((img * {H} + ih) * {W} + iw) * {C} + c"
+    kh, kw = a.kernel
+    return {"src": src.format(H=h, W=wd, C=c), "H": h, "W": wd, "C": c, "OH": out.shape[1], "OW": out.shape[2],
+            "KH": kh, "KW": kw, "SH": a.stride[0], "SW": a.stride[1], "PT": a.pads[0], "PL": a.pads[1],
+            "DH": a.dilation[0], "DW": a.dilation[1], "K": w.shape[1], "KC": kh * kw * c, "N": w.shape[0],
+            "channels_first": a.channels_first, "M": cexpr.numel_expr(out.shape[:3]),
+            "numel_in": cexpr.numel_expr(x.shape),
+            "mma": patch_linear_mma(b.api, x.dtype, w.shape[0], w.shape[1])} | _epilogue(spec, 2)
+
+
+def patch_linear_mma(api: str, dtype: DType, n: int, k: int) -> bool:
+    """gpu/patch_linear.j2's tensor-core path: CUDA halves, output channels that two warps split into pairs of
+    n8 tiles (a multiple of 32, up to 128), and a patch of up to 512 columns in shared memory."""
+    return api == "cuda" and dtype in (DType.F16, DType.BF16) and n % 32 == 0 and n <= 128 and k <= 512
+
+
 # Unsigned types as wide as 1, 2, 4, 8 and 16 bytes: raw element bits and vector stores.
 _RAW = {1: "uint8_t", 2: "uint16_t", 4: "uint32_t", 8: "uint64_t", 16: "uint4"}
 

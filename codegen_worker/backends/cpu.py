@@ -20,7 +20,7 @@ class CpuBackend(Backend):
     default_configs = {"fused_elementwise": {}, "linear": {"tm": 4, "tn": 4}, "layernorm": {}, "softmax": {},
                        **{op: {} for op in ("conv2d", "pool2d", "reduce_sum", "reduce_mean", "reduce_max", "permute",
                                             "slice", "concat", "embedding", "cast", "copy", "matmul", "attention", "pad",
-                                            "im2col")}}
+                                            "im2col", "patch_linear")}}
     candidate_table = {"linear": [{"tm": 1, "tn": 1}, {"tm": 2, "tn": 8}, {"tm": 4, "tn": 8}, {"tm": 8, "tn": 4}]}
 
     def fits(self, spec: KernelSpec, target: Target, config: dict[str, Any]) -> bool:

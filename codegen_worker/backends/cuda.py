@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from codegen_worker.backends import cutlass_sm80, cutlass_sm90
-from codegen_worker.backends.base import GPU_BLOCK_OPS, TEMPLATES, GpuBackend, first_line, template_env
+from codegen_worker.backends.base import GPU_BLOCK_OPS, PATCH_LINEAR_DEFAULT, TEMPLATES, GpuBackend, first_line, template_env
 from kiln.dtypes import DType
 from kiln.plan import KernelSpec
 from kiln.targets import Target
@@ -33,8 +33,10 @@ class CudaBackend(GpuBackend):
              DType.I32: "int32_t", DType.I64: "int64_t", DType.BOOL: "bool"}
     default_configs = {"fused_elementwise": {"block": 256}, "linear": {"tile": 16}, "layernorm": {"block": 256},
                        "softmax": {"block": 256},
-                       **{op: {"block": 256} for op in GPU_BLOCK_OPS}, "attention": {"block_q": 64, "block_k": 64}}
-    candidate_table = {"linear": [{"tile": 32}], "fused_elementwise": [{"block": 128}, {"block": 512}],
+                       **{op: {"block": 256} for op in GPU_BLOCK_OPS}, "attention": {"block_q": 64, "block_k": 64},
+                       "patch_linear": PATCH_LINEAR_DEFAULT}
+    candidate_table = {"linear": [{"tile": 32}], "patch_linear": [{"block_m": 128}, {"block_m": 32}],
+                       "fused_elementwise": [{"block": 128}, {"block": 512}],
                        # Hopper's warpgroup MMA first: fits() drops these on every other target.
                        "attention": [{"block_q": 128, "block_k": 64, "wgmma": True, "overlap": True},
                                      # At most 128 registers: two 256-thread CTAs an SM.

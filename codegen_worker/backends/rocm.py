@@ -5,7 +5,7 @@ import functools
 import os
 from pathlib import Path
 
-from codegen_worker.backends.base import GPU_BLOCK_OPS, GpuBackend, first_line
+from codegen_worker.backends.base import GPU_BLOCK_OPS, PATCH_LINEAR_DEFAULT, GpuBackend, first_line
 from kiln.dtypes import DType
 from kiln.targets import Target
 
@@ -20,7 +20,8 @@ class RocmBackend(GpuBackend):
     types = {DType.F32: "float", DType.F16: "kiln_f16", DType.I32: "int32_t", DType.I64: "int64_t", DType.BOOL: "bool"}
     default_configs = {"fused_elementwise": {"block": 256}, "linear": {"tile": 16}, "layernorm": {"block": 256},
                        "softmax": {"block": 256},
-                       **{op: {"block": 256} for op in GPU_BLOCK_OPS}, "attention": {"block_q": 64, "block_k": 64}}
+                       **{op: {"block": 256} for op in GPU_BLOCK_OPS}, "attention": {"block_q": 64, "block_k": 64},
+                       "patch_linear": PATCH_LINEAR_DEFAULT}
 
     def compiler_env(self) -> dict[str, str]:
         # nvcc is on the same machines, and hipcc would pick the NVIDIA platform.

@@ -167,6 +167,54 @@ class Im2col(OpDef):
 
 
 @dataclass(frozen=True)
+class PatchLinearAttrs:
+    """An im2col (its window fields) feeding a linear (its bias and epilogue), as one op."""
+    kernel: tuple[int, ...] = (1, 1)
+    stride: tuple[int, ...] = (1, 1)
+    pads: tuple[int, ...] = (0, 0, 0, 0)  # top, left, bottom, right
+    dilation: tuple[int, ...] = (1, 1)
+    channels_first: bool = False
+    has_bias: bool = False
+    epilogue: tuple[EwInstr, ...] = ()
+
+    def im2col(self, cols: int) -> Im2colAttrs:
+        return Im2colAttrs(self.kernel, self.stride, self.pads, self.dilation, cols, self.channels_first)
+
+
+@register
+class PatchLinear(OpDef):
+    """y[n, oh, ow, o] = sum_k im2col(x)[n, oh, ow, k] * w[o, k] (+ bias[o]) then epilogue, w being [O, cols]
+    in im2col's column order: a conv over few channels whose patches are gathered where they are multiplied,
+    never stored (each pixel's patch is far wider than the few channels it is gathered from)."""
+
+    kind = "patch_linear"
+    Attrs = PatchLinearAttrs
+    min_inputs = 2
+    max_inputs = 16
+
+    def check_attrs(self, attrs: PatchLinearAttrs) -> None:
+        _pair("kernel", attrs.kernel, 1)
+        _pair("stride", attrs.stride, 1)
+        _pair("dilation", attrs.dilation, 1)
+        _pads(attrs.pads)
+
+    def infer(self, inputs: list[TensorType], attrs: PatchLinearAttrs) -> list[TensorType]:
+        same_float_dtype(inputs, "patch_linear")
+        x, w = inputs[0], inputs[1]
+        if w.rank != 2 or not w.is_static:
+            raise ShapeError(f"patch_linear weight must be static [O, cols], got {w}")
+        patches = Im2col().infer([x], attrs.im2col(w.shape[1]))[0]
+        out = TensorType(x.dtype, patches.shape[:3] + (w.shape[0],))
+        check_epilogue_inputs("patch_linear", out, inputs[2:], attrs.has_bias, attrs.epilogue)
+        return [out]
+
+    def reference(self, inputs: list[np.ndarray], attrs: PatchLinearAttrs) -> list[np.ndarray]:
+        x, w = inputs[0], inputs[1]
+        patches = Im2col().reference([x], attrs.im2col(w.shape[1]))[0]
+        return [apply_epilogue(patches @ w.T, inputs[2:], attrs.has_bias, attrs.epilogue)]
+
+
+@dataclass(frozen=True)
 class Pool2dAttrs:
     mode: str = "max"  # max | avg
     kernel: tuple[int, ...] = (2, 2)

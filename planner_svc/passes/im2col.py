@@ -14,7 +14,7 @@ import dataclasses
 import numpy as np
 
 from kiln.ir import Graph, Op
-from kiln.ops import Im2colAttrs, LinearAttrs
+from kiln.ops import Im2colAttrs, LinearAttrs, PatchLinearAttrs
 from kiln.shapes import infer_types
 from planner_svc.passes.rewrite import Names, constant_array, make_constant
 
@@ -71,3 +71,37 @@ def gather_im2col_from_nchw(graph: Graph) -> Graph:
         ops.append(op.replace(inputs=(src.inputs[0],), attrs=dataclasses.replace(op.attrs, channels_first=True)))
         changed = True
     return graph.replace(ops=tuple(ops)) if changed else graph
+
+
+# Up to this many output channels, one block of the GPU kernel computes every channel of its pixels, so each patch is
+# gathered once; past it (ViT's 768-channel patch embedding) the patches would be gathered once per channel tile and a
+# dense GEMM over stored patches wins.
+PATCH_LINEAR_MAX_OUT = 128
+
+
+def fuse_patch_linear(graph: Graph) -> Graph:
+    """An im2col read only by a linear over few output channels is one patch_linear: the patches (ResNet-50's stem:
+    KH*KW*C = 147 of 152 columns a pixel, gathered from 3 channels) are gathered where they are multiplied and never
+    stored, which at batch 256 was 976 MB written and read back."""
+    readers = graph.consumers()
+    consts = graph.constant_map()
+    fused: dict[str, Op] = {}  # linear name -> its patch_linear
+    gone: set[str] = set()
+    for op in graph.ops:
+        if op.kind != "im2col" or op.outputs[0] in graph.outputs or len(readers[op.outputs[0]]) != 1:
+            continue
+        lin = readers[op.outputs[0]][0]
+        w = consts.get(lin.inputs[1]) if lin.kind == "linear" else None
+        if w is None or lin.inputs[0] != op.outputs[0] or op.outputs[0] in lin.inputs[1:] \
+                or w.type.shape[0] > PATCH_LINEAR_MAX_OUT:
+            continue
+        a, la = op.attrs, lin.attrs
+        attrs = PatchLinearAttrs(kernel=a.kernel, stride=a.stride, pads=a.pads, dilation=a.dilation,
+                                 channels_first=a.channels_first, has_bias=la.has_bias, epilogue=la.epilogue)
+        fused[lin.name] = Op(f"{op.name}+{lin.name}", "patch_linear", (op.inputs[0],) + lin.inputs[1:],
+                             lin.outputs, attrs)
+        gone.add(op.name)
+    if not fused:
+        return graph
+    ops = tuple(fused.get(op.name, op) for op in graph.ops if op.name not in gone)
+    return graph.replace(ops=ops)

@@ -26,7 +26,7 @@ TARGETS = {
     "rocm:gfx90a": ("hipcc", [DType.F16]),
 }
 KINDS = {"conv2d", "pool2d", "reduce_sum", "reduce_mean", "reduce_max", "permute", "slice", "concat", "embedding",
-         "cast", "copy", "matmul", "im2col"}
+         "cast", "copy", "matmul", "im2col", "patch_linear"}
 # The portable kernels are what these files test; sm90's CUTLASS conv has its own tests.
 SIMT = {"conv2d": {"block": 256}}
 NON_ATTENTION = [(name, fn) for name, fn in op_cases.CASES if not name.startswith("attention")]

@@ -39,6 +39,7 @@ SIMT = {"conv2d": {"block": 256}}
 GROUPS = {
     "conv": ("conv_",),
     "im2col": ("im2col_",),
+    "patch_linear": ("patch_linear_",),
     "pool": ("pool_",),
     "reduce": ("reduce_", "reshape_feeds_kernel"),
     "layout": ("permute_", "slice_", "concat_", "reshape_output"),

@@ -90,8 +90,8 @@ def test_small_resnet_every_conv_is_one_kernel():
     before = resnet50(B, size=32, blocks=(1, 2))
     n_convs = kinds(before).count("conv2d")
     got = kernels(before)
-    # The 3-channel stem is im2col + a GEMM; every other conv is one kernel.
-    assert got[:3] == ["im2col", "linear", "pool2d"] and got[-2:] == ["reduce_mean", "linear"]
-    assert len(got) == n_convs + 4 and set(got[3:-2]) == {"conv2d", "linear"}
+    # Every conv is one kernel, the 3-channel stem a patch_linear (im2col inside the GEMM).
+    assert got[:2] == ["patch_linear", "pool2d"] and got[-2:] == ["reduce_mean", "linear"]
+    assert len(got) == n_convs + 3 and set(got[2:-2]) == {"conv2d", "linear"}
     after, _ = run_passes(before)
     assert_same_meaning(before, after, batches=(2,), **FOLDED)

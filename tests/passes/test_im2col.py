@@ -1,23 +1,29 @@
 """thin_convs_to_gemm: few-channel convs become im2col + a linear over [O, KH*KW*C (aligned)];
-gather_im2col_from_nchw: an im2col behind the NCHW -> NHWC edge permute reads the NCHW input."""
+gather_im2col_from_nchw: an im2col behind the NCHW -> NHWC edge permute reads the NCHW input;
+fuse_patch_linear: an im2col that only its linear reads, over few output channels, is one patch_linear."""
 from __future__ import annotations
 
 from kiln.builder import GraphBuilder
 from kiln.ops import Conv2dAttrs, EwInstr, PermuteAttrs
-from planner_svc.passes.im2col import gather_im2col_from_nchw, thin_convs_to_gemm
+from planner_svc.passes.im2col import (
+    PATCH_LINEAR_MAX_OUT,
+    fuse_patch_linear,
+    gather_im2col_from_nchw,
+    thin_convs_to_gemm,
+)
 from tests.passes.helpers import B, assert_same_meaning, const, kernels, kinds
 
 
 def _conv(channels: int, kernel: int = 7, stride: int = 2, pads: int = 3, dilation: int = 1, groups: int = 1,
-          nchw: bool = False, extra_reader: bool = False):
+          nchw: bool = False, extra_reader: bool = False, out: int = 16):
     b = GraphBuilder("stem")
     if nchw:  # a torch model's input: NCHW, permuted to NHWC at the edge as the importers do
         x = b.input("x", (B, channels, 17, 15))
         x = b.op("permute", [x], PermuteAttrs(perm=(0, 2, 3, 1)))
     else:
         x = b.input("x", (B, 17, 15, channels))
-    w = const(b, "w", 16, kernel, kernel, channels // groups, seed=1, scale=0.2)
-    bias = const(b, "bias", 16, seed=2)
+    w = const(b, "w", out, kernel, kernel, channels // groups, seed=1, scale=0.2)
+    bias = const(b, "bias", out, seed=2)
     attrs = Conv2dAttrs(stride=(stride, stride), pads=(pads, max(pads - 1, 0), pads, pads), dilation=(dilation, dilation),
                         groups=groups, has_bias=True, epilogue=(EwInstr("relu", (0,)),))
     y = b.op("conv2d", [x, w, bias], attrs)
@@ -41,9 +47,33 @@ def test_wide_pointwise_and_grouped_convs_are_left_alone():
         assert thin_convs_to_gemm(graph) is graph
 
 
-def test_the_pipeline_runs_a_resnet_stem_as_im2col_then_one_gemm():
-    graph = _conv(3)
-    assert kernels(graph) == ["im2col", "linear"]
+def test_the_pipeline_runs_a_resnet_stem_as_one_patch_linear():
+    assert kernels(_conv(3)) == ["patch_linear"]
+    # Past PATCH_LINEAR_MAX_OUT output channels (ViT's patch embedding) the patches are stored for a dense GEMM.
+    assert kernels(_conv(3, out=PATCH_LINEAR_MAX_OUT + 8)) == ["im2col", "linear"]
+
+
+def test_patch_linear_keeps_the_window_bias_and_epilogue():
+    for nchw in (False, True):
+        before = gather_im2col_from_nchw(thin_convs_to_gemm(_conv(3, nchw=nchw)))
+        after = fuse_patch_linear(before)
+        (op,) = [op for op in after.ops if op.kind != "permute"]
+        im2col, lin = (next(o for o in before.ops if o.kind == k) for k in ("im2col", "linear"))
+        assert op.kind == "patch_linear" and op.inputs == im2col.inputs + lin.inputs[1:]
+        assert op.outputs == lin.outputs and op.name == f"{im2col.name}+{lin.name}"
+        a = op.attrs
+        assert (a.kernel, a.stride, a.pads, a.dilation, a.channels_first) == (
+            im2col.attrs.kernel, im2col.attrs.stride, im2col.attrs.pads, im2col.attrs.dilation, nchw)
+        assert (a.has_bias, a.epilogue) == (lin.attrs.has_bias, lin.attrs.epilogue)
+        assert_same_meaning(before, after, rtol=1e-12)
+
+
+def test_patches_someone_else_reads_are_stored():
+    # The im2col's output is also a graph output: it must be written, so the GEMM reads it.
+    graph = thin_convs_to_gemm(_conv(3))
+    patches = graph.ops[0].outputs[0]
+    graph = graph.replace(outputs=graph.outputs + (patches,))
+    assert fuse_patch_linear(graph) is graph
 
 
 def test_im2col_gathers_from_the_nchw_input_and_the_edge_permute_goes():
@@ -53,7 +83,7 @@ def test_im2col_gathers_from_the_nchw_input_and_the_edge_permute_goes():
     im2col = next(op for op in after.ops if op.kind == "im2col")
     assert im2col.attrs.channels_first and im2col.inputs == ("x",)
     assert_same_meaning(before, after, rtol=1e-12)
-    assert kernels(_conv(3, nchw=True)) == ["im2col", "linear"]
+    assert kernels(_conv(3, nchw=True)) == ["patch_linear"]
 
 
 def test_a_permute_that_others_read_stays_and_im2col_reads_it():

@@ -46,10 +46,10 @@ def test_resnet50_is_one_kernel_per_conv():
     ops = [c.spec.op for c in plan.calls]
     assert [op.kind for op in graph.ops].count("conv2d") == 53
     # 33 are pointwise (each bottleneck's conv1 and conv3, layer1's downsample): plain GEMMs;
-    # the 3-channel stem is im2col + a GEMM.
-    assert ops.count("conv2d") == 19 and ops.count("linear") == 33 + 1 + 1
-    assert ops[:3] == ["im2col", "linear", "pool2d"] and ops[-2:] == ["reduce_mean", "linear"]
-    assert len(ops) == 53 + 4
+    # the 3-channel stem is one patch_linear (its patches gathered inside the GEMM).
+    assert ops.count("conv2d") == 19 and ops.count("linear") == 33 + 1
+    assert ops[:2] == ["patch_linear", "pool2d"] and ops[-2:] == ["reduce_mean", "linear"]
+    assert len(ops) == 53 + 3
     assert "batchnorm" not in ops and "fused_elementwise" not in ops
 
 

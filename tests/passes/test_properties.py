@@ -119,8 +119,10 @@ def test_random_cnns(steps, seed, batch):
     producers = before.producers()
     assert kinds.count("permute") <= sum(producers[o].kind == "permute" for o in before.outputs)
     convs = sum(k.startswith("conv") for k, _ in steps)
-    # Each conv is one GEMM-like kernel: a conv2d, a linear (pointwise), or im2col + linear (few channels).
-    assert kinds.count("conv2d") + kinds.count("linear") == convs and kinds.count("im2col") <= convs
+    # Each conv is one GEMM-like kernel: a conv2d, a linear (pointwise), a patch_linear (few channels in, few out),
+    # or im2col + linear (few channels in, many out).
+    gemms = kinds.count("conv2d") + kinds.count("linear") + kinds.count("patch_linear")
+    assert gemms == convs and kinds.count("im2col") <= convs
 
 
 @settings_

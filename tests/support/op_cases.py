@@ -22,6 +22,7 @@ from kiln.ops import (
     Conv2dAttrs,
     EwInstr,
     Im2colAttrs,
+    PatchLinearAttrs,
     PermuteAttrs,
     Pool2dAttrs,
     ReduceAttrs,
@@ -313,6 +314,54 @@ def im2col_odd_columns(dtype: DType) -> Graph:
                    Im2colAttrs(kernel=(3, 3), stride=(1, 1), pads=(1, 1, 1, 1), cols=27))
 
 
+# --- patch_linear: im2col and its GEMM as one op (fuse_patch_linear) -----------
+def _patch_linear(dtype: DType, name: str, x_shape: tuple, o: int, cols: int, attrs: PatchLinearAttrs,
+                  extras: tuple[str, ...] = ()) -> Graph:
+    """Weights [o, cols] as the planner makes them: zero in the columns past KH*KW*C.
+    extras: 'full' (an output-shaped input) or 'channel' (an [o] input), in epilogue order."""
+    b = GraphBuilder(name)
+    x = b.input("x", x_shape, dtype)
+    c = x_shape[1] if attrs.channels_first else x_shape[3]
+    h, w_ = (x_shape[2], x_shape[3]) if attrs.channels_first else (x_shape[1], x_shape[2])
+    k = attrs.kernel[0] * attrs.kernel[1] * c
+    values = np.zeros((o, cols))
+    values[:, :k] = np.random.default_rng(1).uniform(-1, 1, (o, k)) / np.sqrt(k)
+    ins = [x, b.constant("w", values, dtype)] + ([_const(b, "bias", (o,), dtype, seed=2)] if attrs.has_bias else [])
+    oh = out_size(h, attrs.kernel[0], attrs.stride[0], attrs.pads[0], attrs.pads[2], attrs.dilation[0])
+    ow = out_size(w_, attrs.kernel[1], attrs.stride[1], attrs.pads[1], attrs.pads[3], attrs.dilation[1])
+    for i, kind in enumerate(extras):
+        ins.append(b.input(f"e{i}", (x_shape[0], oh, ow, o) if kind == "full" else (o,), dtype))
+    return b.build(b.op("patch_linear", ins, attrs))
+
+
+def patch_linear_stem(dtype: DType) -> Graph:
+    # ResNet's stem in small: 7x7 taps of 3 channels, stride 2, 64 channels out, bias + relu; 42 pixels an image.
+    return _patch_linear(dtype, "patch_linear_stem", (batch(), 13, 11, 3), 64, 152,
+                         PatchLinearAttrs(kernel=(7, 7), stride=(2, 2), pads=(3, 3, 3, 3), has_bias=True,
+                                          epilogue=(EwInstr("relu", (0,)),)))
+
+
+def patch_linear_nchw_residual(dtype: DType) -> Graph:
+    # Gathered from an NCHW input, 32 channels out, bias + residual + relu.
+    return _patch_linear(dtype, "patch_linear_nchw", (batch(), 3, 13, 11), 32, 152,
+                         PatchLinearAttrs(kernel=(7, 7), stride=(2, 2), pads=(3, 3, 3, 3), channels_first=True,
+                                          has_bias=True, epilogue=(EwInstr("add", (0, 1)), EwInstr("relu", (2,)))),
+                         extras=("full",))
+
+
+def patch_linear_wide(dtype: DType) -> Graph:
+    # 128 channels out (two warps of 64), 3x3 over 4 channels: 36 of 40 columns, not a multiple of 32 lanes.
+    return _patch_linear(dtype, "patch_linear_wide", (batch(), 10, 9, 4), 128, 40,
+                         PatchLinearAttrs(kernel=(3, 3), pads=(1, 1, 1, 1), has_bias=True))
+
+
+def patch_linear_dilated(dtype: DType) -> Graph:
+    # 24 channels out (the SIMT path on a GPU), dilated uneven window, a per-channel scale and no bias.
+    return _patch_linear(dtype, "patch_linear_dil", (batch(), 9, 10, 5), 24, 32,
+                         PatchLinearAttrs(kernel=(3, 2), stride=(1, 2), pads=(2, 0, 1, 1), dilation=(2, 3),
+                                          epilogue=(EwInstr("mul", (0, 1)),)), extras=("channel",))
+
+
 def concat_broadcast(dtype: DType) -> Graph:
     # ViT's class token: one [1, 1, D] row repeated over the batch before the patches.
     b = GraphBuilder("concat_broadcast")
@@ -503,6 +552,10 @@ CASES: list[tuple[str, CaseFn]] = [
     ("im2col_patches_dilated", im2col_patches_dilated),
     ("im2col_odd_columns", im2col_odd_columns),
     ("im2col_nchw", im2col_nchw),
+    ("patch_linear_stem", patch_linear_stem),
+    ("patch_linear_nchw_residual", patch_linear_nchw_residual),
+    ("patch_linear_wide", patch_linear_wide),
+    ("patch_linear_dilated", patch_linear_dilated),
     ("embedding_int32", embedding_int32),
     ("embedding_int64", embedding_int64),
     ("embedding_odd_width", embedding_odd_width),
