@@ -9,6 +9,7 @@
 #   bash bench/gpu_check.sh tune        bench/tune.py (profile picks only; MODELS_ARGS=--profile times them)
 #   bash bench/gpu_check.sh gemm        bench/gemm_sm90.py
 #   bash bench/gpu_check.sh bandwidth   bench/bandwidth.py (read, write and copy rates: the floor of memory-bound kernels)
+#   bash bench/gpu_check.sh stem        bench/stem.py (ResNet-50's stem: patch_linear vs im2col + GEMM vs cuDNN)
 #   bash bench/gpu_check.sh ncu         ncu on one kernel of bench/kernel_probe.py
 #                                       (PROBE_ARGS='--op attention --config {"block_q":128,"block_k":64}': JSON
 #                                       without spaces, since PROBE_ARGS is split on them)
@@ -89,6 +90,8 @@ for stage in "${@:-tests}"; do
       timeout 560 python3 bench/tune.py ${TUNE_ARGS:-} --out "$OUT/picks.json" 2>&1 | tee "$OUT/tune.log" || status=1 ;;
     gemm)
       timeout 400 python3 bench/gemm_sm90.py ${GEMM_ARGS:-} --out "$OUT/gemm_sm90.json" 2>&1 | tee "$OUT/gemm_sm90.log" || status=1 ;;
+    stem)
+      timeout 300 python3 bench/stem.py --out "$OUT/stem.json" 2>&1 | tee "$OUT/stem.log" || status=1 ;;
     bandwidth)
       timeout 120 python3 bench/bandwidth.py --out "$OUT/bandwidth.json" 2>&1 | tee "$OUT/bandwidth.log" || status=1 ;;
     ncu)

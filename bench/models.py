@@ -152,6 +152,16 @@ def bench_model(name: str, args: argparse.Namespace, peak: float, workdir: Path,
         t0 = time.time()
         built = lb.build_local(graph, "cuda:sm90", workdir / f"{name}.profiled", picks, jobs=args.jobs)
         tuning["second_compile_s"] = round(time.time() - t0, 1)
+    # The same model with some passes left out (--ab-passes), built from the same picks: a pass's worth, timed
+    # beside the full build in the same rounds (its kernels not in the picks keep their defaults).
+    ab = None
+    if args.ab_passes:
+        t0 = time.time()
+        picked = earlier_picks(Path(args.picks), name) if args.picks else {}
+        ab = lb.build_local(graph, "cuda:sm90", workdir / f"{name}.ab", picked | built.configs_by_spec(),
+                            jobs=args.jobs, disabled_passes=frozenset(args.ab_passes))
+        print(f"{name}: without {args.ab_passes}: {len(ab.plan.calls)} kernels, built in {time.time() - t0:.0f} s",
+              flush=True)
     kernels = [c.spec.op for c in built.plan.calls]
     impls = {}
     for c in built.plan.calls:
@@ -176,6 +186,12 @@ def bench_model(name: str, args: argparse.Namespace, peak: float, workdir: Path,
     result["rel_err_kiln_vs_fp64"] = lb.rel_err(got, ref)
     result["rel_err_torch_fp16_vs_fp64"] = lb.rel_err(torch_out, ref)
     heuristic_model = Model(heuristic.dir) if heuristic is not built else None
+    ab_model = Model(ab.dir) if ab is not None else None
+    if ab_model is not None:
+        got_ab = ab_model.run({n: t.cuda() for n, t in zip(names, feeds_t, strict=True)})
+        result["rel_err_kiln_ab_vs_fp64"] = lb.rel_err(next(iter(got_ab.values())).float().cpu().numpy(), ref)
+        result["ab_passes"] = args.ab_passes
+        result["ab_kernels"] = len(ab.plan.calls)
     save(result)
     print(f"{name}: import {import_s:.0f} s, build {build_s:.0f} s, {len(kernels)} kernels {impls}, "
           f"rel err kiln {result['rel_err_kiln_vs_fp64']:.2e} torch-fp16 {result['rel_err_torch_fp16_vs_fp64']:.2e}",
@@ -215,6 +231,14 @@ def bench_model(name: str, args: argparse.Namespace, peak: float, workdir: Path,
                     heuristic_model.run(feeds, out={out_name: y}, graph=True)
                 torch.cuda.current_stream().wait_stream(stream)
             contenders["kiln_heuristic"] = heuristic_run
+        if ab_model is not None:
+            y3 = torch.empty_like(y)
+
+            def ab_run(feeds=feeds, y=y3):
+                with torch.cuda.stream(stream):
+                    ab_model.run(feeds, out={out_name: y}, graph=True)
+                torch.cuda.current_stream().wait_stream(stream)
+            contenders["kiln_ab"] = ab_run
         row: dict[str, Any] = {"batch": batch}
         with torch.no_grad():
             contenders["eager"] = lambda xs=xs_torch: model16(*xs)
@@ -253,11 +277,13 @@ def bench_model(name: str, args: argparse.Namespace, peak: float, workdir: Path,
         print(f"  batch {batch:4d}: kiln {row['kiln_ms']:.3f} ms  "
               + (f"(heuristic {row['kiln_heuristic_ms']:.3f})  " if "kiln_heuristic_ms" in row else "")
               + (f"(no PDL {row['kiln_no_pdl_ms']:.3f})  " if "kiln_no_pdl_ms" in row else "")
+              + (f"(without {args.ab_passes} {row['kiln_ab_ms']:.3f})  " if "kiln_ab_ms" in row else "")
               + "  ".join(f"{k[:-3]} {v:.3f}" for k, v in peers.items())
               + f"  floor {row['floor_ms']:.3f} ({row['kiln_fraction_of_floor']:.0%})", flush=True)
     m.close()
-    if heuristic_model is not None:
-        heuristic_model.close()
+    for other in (heuristic_model, ab_model):
+        if other is not None:
+            other.close()
     return result
 
 
@@ -384,10 +410,12 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=1, help="time every contender this many times, alternating")
     p.add_argument("--pdl-ab", action="store_true",
                    help="also time Kiln with programmatic dependent launch off (kiln_no_pdl_ms)")
+    p.add_argument("--ab-passes", default="", help="comma list of pipeline steps: also time a build without them")
     p.add_argument("--breakdown-batches", default="1,-1",
                    help="batches of the per-kernel breakdown (negative: from the end of the model's list)")
     args = p.parse_args()
     args.breakdown_batches = [int(b) for b in args.breakdown_batches.split(",") if b]
+    args.ab_passes = [s for s in args.ab_passes.split(",") if s]
     args.compile_modes = [m for m in args.compile_modes.split(",") if m]
     if args.batches:
         for name in BATCHES:

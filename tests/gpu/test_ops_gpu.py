@@ -23,7 +23,7 @@ from kiln import reference
 from kiln.builder import GraphBuilder, matmul
 from kiln.dtypes import DType, bf16_bits_from_f32, f32_from_bf16_bits
 from kiln.ir import Graph, IntVar
-from kiln.ops import Conv2dAttrs, EwInstr, PermuteAttrs, ReduceAttrs
+from kiln.ops import Conv2dAttrs, EwInstr, PatchLinearAttrs, PermuteAttrs, ReduceAttrs
 from kiln.runtime import Model
 from kiln.shapes import infer_types
 from tests.codegen.test_gpu_ops_compile import merge_graphs
@@ -182,5 +182,25 @@ def test_kernel_paths_at_each_block_size(tmp_path, dtype, block):
     model = Model(built.dir)
     try:
         lb.check_model(model, graph, lb.TOLERANCE["cuda"][dtype], [{"batch": 1, "rows": 1}, {"batch": 3, "rows": 130}])
+    finally:
+        model.close()
+
+
+@pytest.mark.parametrize("block_m", [32, 64, 128])
+@pytest.mark.parametrize("dtype", [pytest.param(DType.F16, id="f16"), pytest.param(DType.BF16, id="bf16")])
+def test_patch_linear_stem_at_each_block_m(tmp_path, dtype, block_m):
+    """ResNet-50's stem at full size through the tensor-core path, at every block_m candidate: batch 8 is more pixel
+    tiles than the GPU holds blocks, so blocks loop over tiles; batch 1 leaves most of the GPU's blocks unused."""
+    graph = op_cases._patch_linear(
+        dtype, "stem224", (IntVar("batch", 1, 8), 3, 224, 224), 64, 152,
+        PatchLinearAttrs(kernel=(7, 7), stride=(2, 2), pads=(3, 3, 3, 3), channels_first=True, has_bias=True,
+                         epilogue=(EwInstr("relu", (0,)),)))
+    built = lb.build_local(graph, TARGET, tmp_path / "artifact", {"patch_linear": {"block_m": block_m}})
+    assert list(built.configs.values()) == [{"block_m": block_m}]
+    assert "mma.sync" in next(iter(built.sources.values())).read_text()
+    model = Model(built.dir)
+    try:
+        lb.check_model(model, graph, lb.TOLERANCE["cuda"][dtype], [{"batch": 1}, {"batch": 8}],
+                       feeds_fn=feeds)
     finally:
         model.close()

@@ -34,7 +34,7 @@ from kiln.plan import ExecutionPlan, KernelSpec
 from kiln.targets import Target, get_target
 from kiln.version import compiler_version
 from planner_svc.lower import lower
-from planner_svc.pipeline import run_passes
+from planner_svc.pipeline import PassContext, run_passes
 
 # Objects by content key, as the farm's store keeps them: a kernel that several
 # tests render identically is compiled once per process.
@@ -56,6 +56,10 @@ class LocalBuild:
 
     def manifest(self) -> Manifest:
         return Manifest.loads((self.dir / "manifest.json").read_bytes())
+
+    def configs_by_spec(self) -> dict[str, dict[str, Any]]:
+        """spec key -> config used: picks another build of the same kernels takes as they are."""
+        return {c.spec.key(): self.configs[c.kernel] for c in self.plan.calls}
 
 
 def _config(backend: Backend, target: Target, spec: KernelSpec, configs: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
@@ -118,12 +122,14 @@ def compile_cached(backend: Backend, target: Target, rk: build.RenderedKernel, w
 
 
 def build_local(graph: Graph, target_name: str, out_dir: str | Path, configs: dict[str, dict[str, Any]] | None = None,
-                *, single_tu: bool = False, jobs: int | None = None) -> LocalBuild:
+                *, single_tu: bool = False, jobs: int | None = None,
+                disabled_passes: frozenset[str] = frozenset()) -> LocalBuild:
     """Build `graph` for `target_name` into `out_dir`.
 
     configs: spec key or op kind -> config, replacing the backend's default.
     single_tu: compile every kernel in one translation unit (one nvcc run).
     jobs: compilers run in parallel (default: the machine's cores).
+    disabled_passes: pipeline steps left out (an A/B of one pass).
     Objects are cached in-process by object key (as the farm caches them), so
     `log` holds the output of this build's compiles only.
     """
@@ -132,7 +138,7 @@ def build_local(graph: Graph, target_name: str, out_dir: str | Path, configs: di
     work.mkdir(parents=True, exist_ok=True)
     target = get_target(target_name)
     backend = get_backend(target.family)
-    g2, _records = run_passes(graph)
+    g2, _records = run_passes(graph, PassContext(disabled=disabled_passes))
     plan = lower(g2, target_name)
 
     rendered: dict[str, build.RenderedKernel] = {}
