@@ -50,7 +50,6 @@ def main() -> None:
     src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
     copy_gbs = 2 * src.numel() / (timed(lambda: dst.copy_(src), 20) * 1e-3) / 1e9
-    del src, dst
     card = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
                           capture_output=True, text=True).stdout.strip()
     print(f"{card}: fp16 matmul {peak:.0f} TFLOP/s, copy {copy_gbs:.0f} GB/s (read + write)", flush=True)
