@@ -256,8 +256,10 @@ class GpuBackend(Backend):
 
 
 def patch_linear_smem_bytes(block_m: int, n: int, k: int) -> int:
-    """gpu/patch_linear.j2's tensor-core path: the block's patches and the weights, rows padded by 16 bytes."""
-    return (block_m + n) * (-(-k // 16) * 16 + 8) * 2
+    """gpu/patch_linear.j2's tensor-core path: the block's patches [KP][block_m] and the weights [n][KP], rows
+    padded by 16 bytes, and 8 bytes a column of gather offsets (KP: k rounded up to 16)."""
+    kp = -(-k // 16) * 16
+    return (kp * (block_m + 8) + n * (kp + 8)) * 2 + kp * 8
 
 
 # The most shared memory one sm90 block may opt in to (227 KiB), and an SM's whole (228 KiB).
