@@ -1,5 +1,5 @@
 """ResNet-50's stem (7x7 stride-2 conv over 3 channels, 64 out, folded BN bias + ReLU, from the NCHW input) built
-three ways and timed side by side on one GPU: as one patch_linear at each block_m, as im2col + a CUTLASS GEMM (the
+three ways and timed side by side on one GPU: as one patch_linear in each config, as im2col + a CUTLASS GEMM (the
 patch_linear pass left out), and PyTorch's cuDNN conv (eager, channels-last, the layout ResNet runs in).
 
 Floors: FLOPs over the measured fp16 matrix rate, and the bytes a kernel cannot avoid (the NCHW input read once, the
@@ -42,7 +42,8 @@ def stem_graph(weight: np.ndarray, bias: np.ndarray) -> Graph:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", default="stem.json")
-    p.add_argument("--block-m", default="32,64,128")
+    p.add_argument("--configs", default='[{"block_m": 64}, {"block_m": 128}, {"block_m": 128, "row_tiles": true}]',
+                   help="JSON list of patch_linear configs")
     args = p.parse_args()
     torch.manual_seed(0)
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.float16)
@@ -59,8 +60,10 @@ def main() -> None:
     bias = rng.uniform(-0.5, 0.5, 64)
     graph = stem_graph(weight, bias)
     work = Path(tempfile.mkdtemp())
-    builds = {f"patch_linear_bm{bm}": lb.build_local(graph, TARGET, work / f"bm{bm}", {"patch_linear": {"block_m": bm}})
-              for bm in (int(v) for v in args.block_m.split(","))}
+    builds = {}
+    for config in json.loads(args.configs):
+        name = "patch_linear_" + "_".join(f"{k}{int(v)}" for k, v in config.items())
+        builds[name] = lb.build_local(graph, TARGET, work / name, {"patch_linear": config})
     builds["im2col_gemm"] = lb.build_local(graph, TARGET, work / "im2col", disabled_passes=frozenset({"patch_linear"}))
     for name, built in builds.items():
         print(f"{name}: kernels {[(c.spec.op, built.configs[c.kernel]) for c in built.plan.calls]}", flush=True)

@@ -222,9 +222,11 @@ class GpuBackend(Backend):
         ctx = contexts.op_context(self, spec)
         if not ctx["mma"]:
             return config == self.default_configs["patch_linear"]  # the SIMT path has no knob
-        block_m = int(config.get("block_m", 0))
-        return block_m in (32, 64, 128) and patch_linear_smem_bytes(block_m, ctx["N"], ctx["K"]) \
-            <= target.opt_in_smem_per_block
+        block_m, rows = int(config.get("block_m", 0)), bool(config.get("row_tiles", False))
+        if block_m not in (32, 64, 128) or (rows and ctx["OW"] > block_m):
+            return False  # a row tile is one output row, padded to block_m pixels
+        window = 2 * ctx["C"] * ctx["KH"] * ctx["WWP"] if rows else 0
+        return patch_linear_smem_bytes(block_m, ctx["N"], ctx["K"]) + window <= target.opt_in_smem_per_block
 
     def _attention_fits(self, spec: KernelSpec, target: Target, config: dict[str, Any]) -> bool:
         ctx = contexts.op_context(self, spec)

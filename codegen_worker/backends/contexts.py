@@ -192,8 +192,15 @@ def _patch_linear(b: Any, spec: KernelSpec) -> Context:
             "KH": kh, "KW": kw, "SH": a.stride[0], "SW": a.stride[1], "PT": a.pads[0], "PL": a.pads[1],
             "DH": a.dilation[0], "DW": a.dilation[1], "K": w.shape[1], "KC": kh * kw * c, "N": w.shape[0],
             "channels_first": a.channels_first, "M": cexpr.numel_expr(out.shape[:3]),
+            "WWP": patch_window_width(out.shape[2], a.stride[1], kw, a.dilation[1]),
             "numel_in": cexpr.numel_expr(x.shape),
             "mma": patch_linear_mma(b.api, x.dtype, w.shape[0], w.shape[1])} | _epilogue(spec, 2)
+
+
+def patch_window_width(ow: int, sw: int, kw: int, dw: int) -> int:
+    """Input columns one output row's windows span (padding included), rounded up to even."""
+    span = (ow - 1) * sw + (kw - 1) * dw + 1
+    return span + span % 2
 
 
 def patch_linear_mma(api: str, dtype: DType, n: int, k: int) -> bool:

@@ -35,7 +35,9 @@ class CudaBackend(GpuBackend):
                        "softmax": {"block": 256},
                        **{op: {"block": 256} for op in GPU_BLOCK_OPS}, "attention": {"block_q": 64, "block_k": 64},
                        "patch_linear": PATCH_LINEAR_DEFAULT}
-    candidate_table = {"linear": [{"tile": 32}], "patch_linear": [{"block_m": 128}, {"block_m": 32}],
+    candidate_table = {"linear": [{"tile": 32}], "patch_linear": [{"block_m": 128, "row_tiles": True},
+                                                                        {"block_m": 64, "row_tiles": True},
+                                                                        {"block_m": 128}, {"block_m": 32}],
                        "fused_elementwise": [{"block": 128}, {"block": 512}],
                        # Hopper's warpgroup MMA first: fits() drops these on every other target.
                        "attention": [{"block_q": 128, "block_k": 64, "wgmma": True, "overlap": True},

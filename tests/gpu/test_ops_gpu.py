@@ -186,17 +186,20 @@ def test_kernel_paths_at_each_block_size(tmp_path, dtype, block):
         model.close()
 
 
-@pytest.mark.parametrize("block_m", [32, 64, 128])
+PATCH_CONFIGS = [{"block_m": 32}, {"block_m": 64}, {"block_m": 128}, {"block_m": 128, "row_tiles": True}]
+
+
+@pytest.mark.parametrize("config", PATCH_CONFIGS, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
 @pytest.mark.parametrize("dtype", [pytest.param(DType.F16, id="f16"), pytest.param(DType.BF16, id="bf16")])
-def test_patch_linear_stem_at_each_block_m(tmp_path, dtype, block_m):
-    """ResNet-50's stem at full size through the tensor-core path, at every block_m candidate: batch 8 is more pixel
-    tiles than the GPU holds blocks, so blocks loop over tiles; batch 1 leaves most of the GPU's blocks unused."""
+def test_patch_linear_stem_at_each_config(tmp_path, dtype, config):
+    """ResNet-50's stem at full size through the tensor-core path, in every config: batch 8 is more pixel tiles
+    than the GPU holds blocks, so blocks loop over tiles; batch 1 leaves most of the GPU's blocks unused."""
     graph = op_cases._patch_linear(
         dtype, "stem224", (IntVar("batch", 1, 8), 3, 224, 224), 64, 152,
         PatchLinearAttrs(kernel=(7, 7), stride=(2, 2), pads=(3, 3, 3, 3), channels_first=True, has_bias=True,
                          epilogue=(EwInstr("relu", (0,)),)))
-    built = lb.build_local(graph, TARGET, tmp_path / "artifact", {"patch_linear": {"block_m": block_m}})
-    assert list(built.configs.values()) == [{"block_m": block_m}]
+    built = lb.build_local(graph, TARGET, tmp_path / "artifact", {"patch_linear": config})
+    assert list(built.configs.values()) == [config]
     assert "mma.sync" in next(iter(built.sources.values())).read_text()
     model = Model(built.dir)
     try:
@@ -204,3 +207,12 @@ def test_patch_linear_stem_at_each_block_m(tmp_path, dtype, block_m):
                        feeds_fn=feeds)
     finally:
         model.close()
+
+
+@pytest.mark.parametrize("block_m", [32, 128])
+@pytest.mark.parametrize("dtype", [pytest.param(DType.F16, id="f16"), pytest.param(DType.BF16, id="bf16")])
+def test_patch_linear_cases_in_row_tiles(tmp_path, dtype, block_m):
+    """Every patch_linear case (NHWC and NCHW inputs, padding rows and columns, an epilogue input) with a tile an
+    output row: the window staged in shared memory, rows shorter than the tile."""
+    graph = merge_graphs("ops_patch_rows", [(name, fn(dtype)) for name, fn in group_cases("patch_linear")])
+    build_and_check(tmp_path, graph, dtype, False, {"patch_linear": {"block_m": block_m, "row_tiles": True}})
