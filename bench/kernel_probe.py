@@ -4,7 +4,8 @@ time goes) and `compute-sanitizer` (racecheck, memcheck, synccheck), which
 bench/gpu_check.sh runs as its `ncu` and `sanitize` stages.
 
 Ops: BERT-base's attention (bs3hd, a key-padding mask, S = 384, H = 12,
-D = 64) and its FFN-up (x[B*384, 768] @ w[3072, 768]^T + bias, erf GELU).
+D = 64), its FFN-up (x[B*384, 768] @ w[3072, 768]^T + bias, erf GELU), and
+ResNet-50's stem as one patch_linear (batch x 3 x 224 x 224, NCHW).
 The first run is checked against the float64 reference, so a sanitizer run
 also says the answer was right. Run on an H100/H200:
     PYTHONPATH=. python3 bench/kernel_probe.py --op attention --batch 8 \
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.stem import stem_graph
 from kiln import reference
 from kiln.builder import GraphBuilder, gelu, linear
 from kiln.dtypes import DType
@@ -51,17 +53,21 @@ def ffn_up_graph(max_batch: int) -> Graph:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--op", choices=("attention", "ffn_up"), default="attention")
+    p.add_argument("--op", choices=("attention", "ffn_up", "stem"), default="attention")
     p.add_argument("--config", default="", help="JSON config pinned for the op (default: the backend's default)")
     p.add_argument("--batch", type=int, default=8, help="BERT batch (ffn_up: batch x 384 rows)")
     p.add_argument("--runs", type=int, default=3, help="runs after the checked one")
     p.add_argument("--target", default=TARGET, help="cpu checks the script itself on a machine without a GPU")
     args = p.parse_args()
-    graph = attention_graph(args.batch) if args.op == "attention" else ffn_up_graph(args.batch)
-    op = "attention" if args.op == "attention" else "linear"
+    if args.op == "stem":  # ResNet-50's stem as one patch_linear (bench/stem.py), batch images
+        rng = np.random.default_rng(0)
+        graph = stem_graph(rng.uniform(-1, 1, (64, 7, 7, 3)) / np.sqrt(147), rng.uniform(-0.5, 0.5, 64))
+    else:
+        graph = attention_graph(args.batch) if args.op == "attention" else ffn_up_graph(args.batch)
+    op = {"attention": "attention", "ffn_up": "linear", "stem": "patch_linear"}[args.op]
     configs = {op: json.loads(args.config)} if args.config else None
     built = lb.build_local(graph, args.target, Path(tempfile.mkdtemp(prefix="kiln-probe-")), configs)
-    sizes = {"batch": args.batch if args.op == "attention" else args.batch * S}
+    sizes = {"batch": args.batch * S if args.op == "ffn_up" else args.batch}
     feeds = lb.feeds_for(graph, seed=5, sizes=sizes)
     if args.op == "attention":  # a key-padding mask: item i keeps 384 - 37 i keys
         keep = np.maximum(S - 37 * np.arange(args.batch), 1)
