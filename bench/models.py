@@ -165,7 +165,7 @@ def bench_model(name: str, args: argparse.Namespace, peak: float, workdir: Path,
     kernels = [c.spec.op for c in built.plan.calls]
     impls = {}
     for c in built.plan.calls:
-        key = f"{c.spec.op}:{built.configs[c.kernel].get('impl', 'simt')}"
+        key = f"{c.spec.op}:{built.configs[c.kernel].get('impl', 'kiln')}"
         impls[key] = impls.get(key, 0) + 1
     m = Model(built.dir)
     result: dict[str, Any] = {"model": name, "import_s": round(import_s, 1), "build_s": round(build_s, 1),
