@@ -62,7 +62,8 @@ def test_bert_encoder_runs_on_cpu(source, tmp_path):
 
 @pytest.mark.parametrize("source", ["torch", "onnx"])
 def test_vit_runs_on_cpu(source, tmp_path):
-    # The patch conv over 3 channels runs as im2col + GEMM; the class token is a broadcast concat input;
+    # The patch conv over 3 channels into 32 runs as one patch_linear (im2col inside its GEMM; ViT-B/16's 768
+    # channels stay im2col + GEMM); the class token is a broadcast concat input;
     # 17 tokens (16 patches + the class token) is no multiple of any attention block.
     torch.manual_seed(0)
     net = torch_models.ViT(image=32, patch=8, hidden=32, heads=2, layers=2, mlp=64, num_classes=10).eval()
@@ -72,7 +73,7 @@ def test_vit_runs_on_cpu(source, tmp_path):
     else:
         graph = kiln.from_onnx(_onnx(net, (example,), ["x"], {"x": {0: "batch"}}), dims={"batch": (1, 4)}, name="vit")
     built = build_local(graph, "cpu", tmp_path, single_tu=True)
-    assert {"im2col", "concat", "attention"} <= set(built.ops())
+    assert {"patch_linear", "concat", "attention"} <= set(built.ops())
     model = Model(built.dir)
     for batch in (1, 3):
         x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch))
