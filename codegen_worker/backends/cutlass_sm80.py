@@ -3,8 +3,14 @@
 The epilogue is CUTLASS's LinearCombinationGeneric, act(acc + beta * C), where C
 is the bias (one row read with stride 0, so every output row adds it) or the
 residual. A GEMM that adds both, or any other epilogue, stays on the SIMT
-kernel, as do all convs on sm80. The activations and the epilogue matching are
-sm90's: the same programs map onto the same functors.
+kernel. The activations and the epilogue matching are sm90's: the same programs
+map onto the same functors.
+
+Conv2d (NHWC, groups 1, symmetric padding, channels in 16-byte vectors) runs as
+CUTLASS 2.x's implicit GEMM (optimized iterators, cp.async, mma.sync). sm80 has
+no other tensor-core conv; on sm90 its configs are candidates beside the TMA
+warp-specialized kernels, whose non-persistent schedule runs ResNet-50's
+64-channel 3x3 convs at 15% of the matrix rate (the profiler decides).
 """
 from __future__ import annotations
 
@@ -26,6 +32,17 @@ CANDIDATES = [
 ]
 
 
+# Implicit-GEMM conv: M = pixels, N = output channels (64 in ResNet's first stage: narrow tiles), K = taps x C.
+CONV_DEFAULT = {"impl": "cutlass_sm80", "tile": [128, 128, 32], "warp": [64, 64, 32], "stages": 3}
+CONV_CANDIDATES = [
+    CONV_DEFAULT,
+    {"impl": "cutlass_sm80", "tile": [128, 64, 32], "warp": [64, 32, 32], "stages": 4},
+    {"impl": "cutlass_sm80", "tile": [128, 64, 64], "warp": [64, 32, 64], "stages": 3},
+    {"impl": "cutlass_sm80", "tile": [256, 64, 32], "warp": [64, 64, 32], "stages": 3},
+    {"impl": "cutlass_sm80", "tile": [64, 64, 32], "warp": [32, 32, 32], "stages": 5},
+]
+
+
 @dataclass(frozen=True)
 class EpiloguePlan:
     activation: str       # a functor template: cutlass::epilogue::thread::* or KilnGeluErf
@@ -36,8 +53,13 @@ class EpiloguePlan:
 def plan_for(spec: KernelSpec) -> EpiloguePlan | None:
     """How CUTLASS 2.x computes this linear on sm80, or None when it cannot."""
     out = spec.outputs[0]
-    if spec.op != "linear" or out.dtype not in sm90.TYPES or any(t.dtype != out.dtype for t in spec.inputs):
+    if spec.op not in ("linear", "conv2d") or out.dtype not in sm90.TYPES \
+            or any(t.dtype != out.dtype for t in spec.inputs):
         return None
+    if spec.op == "conv2d":
+        a = spec.attrs
+        if a.groups != 1 or a.pads[0] != a.pads[2] or a.pads[1] != a.pads[3]:
+            return None  # CUTLASS's problem size has one pad a side pair and no groups here
     k, n = spec.inputs[0].shape[-1], spec.inputs[1].shape[0]
     if not sm90.aligned_rows(k, n):
         return None  # 16-byte vector loads of A, B and C
@@ -57,8 +79,12 @@ def plan_for(spec: KernelSpec) -> EpiloguePlan | None:
     return EpiloguePlan(sm90.ACTIVATIONS[act], "bias" if has_bias else None, 2 if has_bias else None)
 
 
+def defaults(spec: KernelSpec) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    return (CONV_DEFAULT, CONV_CANDIDATES) if spec.op == "conv2d" else (DEFAULT, CANDIDATES)
+
+
 def worth_trying(spec: KernelSpec, config: dict[str, Any]) -> bool:
-    return sm90.not_wider_than_output(spec, config, DEFAULT)
+    return sm90.not_wider_than_output(spec, config, defaults(spec)[0])
 
 
 def context(spec: KernelSpec, config: dict[str, Any]) -> dict[str, Any]:
@@ -69,4 +95,4 @@ def context(spec: KernelSpec, config: dict[str, Any]) -> dict[str, Any]:
 
 
 def template(spec: KernelSpec) -> str:
-    return "gpu/linear_cutlass_sm80.j2"
+    return "gpu/conv2d_cutlass_sm80.j2" if spec.op == "conv2d" else "gpu/linear_cutlass_sm80.j2"

@@ -1,4 +1,5 @@
-"""CUTLASS 3.x sm90 implicit-GEMM convs (NHWC) with fused epilogues, on Hopper."""
+"""CUTLASS 3.x sm90 implicit-GEMM convs (NHWC) with fused epilogues, on Hopper; and CUTLASS 2.x's (mma.sync),
+which are conv candidates on sm90 and the convs of an sm80 artifact."""
 from __future__ import annotations
 
 import shutil
@@ -6,10 +7,11 @@ import subprocess
 
 import pytest
 
+from codegen_worker.backends import cutlass_sm80
 from kiln.dtypes import DType
 from kiln.runtime import Model
 from tests.support import local_build as lb
-from tests.support.conv_cases import CASES, conv_graph
+from tests.support.conv_cases import CASES, SYMMETRIC, conv_graph
 
 pytestmark = pytest.mark.gpu
 
@@ -30,3 +32,35 @@ def test_convs_on_tensor_cores_match_reference(tmp_path, dtype):
         sass = subprocess.run(["cuobjdump", "-sass", str(built.dir / "libmodel.so")], capture_output=True,
                               text=True).stdout
         assert "HGMMA" in sass, "no wgmma instructions in the convs"
+
+
+# Every candidate in f16, the default in bf16 too.
+SM80_RUNS = [(DType.F16, c) for c in cutlass_sm80.CONV_CANDIDATES] + [(DType.BF16, cutlass_sm80.CONV_DEFAULT)]
+
+
+@pytest.mark.parametrize(("dtype", "config"), SM80_RUNS,
+                         ids=[f"{d.value}-{'x'.join(map(str, c['tile']))}" for d, c in SM80_RUNS])
+def test_cutlass_2x_convs_on_hopper_in_each_candidate(tmp_path, dtype, config):
+    """Bias + relu, bias alone, a residual, stride 2, a 7x7 filter: each CUTLASS 2.x conv candidate of an sm90 build."""
+    graph = conv_graph(dtype, cases=SYMMETRIC)
+    built = lb.build_local(graph, "cuda:sm90", tmp_path / "a", {"conv2d": config})
+    assert [built.configs[c.kernel] for c in built.plan.calls] == [config] * len(SYMMETRIC)
+    model = Model(built.dir)
+    try:
+        lb.check_model(model, graph, 1e-2, [{"batch": 1}, {"batch": 5}])
+    finally:
+        model.close()
+
+
+def test_sm80_artifact_convs_take_cutlass_2x(tmp_path):
+    """An sm80 artifact (its PTX JIT-compiled here) serves every symmetric conv with CUTLASS 2.x by default and the
+    asymmetric one with the SIMT kernel."""
+    graph = conv_graph(DType.F16)
+    built = lb.build_local(graph, "cuda:sm80", tmp_path / "a")
+    impls = {c.source_ops[0].split(".")[0]: built.configs[c.kernel].get("impl") for c in built.plan.calls}
+    assert impls == {c[0]: ("cutlass_sm80" if c in SYMMETRIC else None) for c in CASES}, impls
+    model = Model(built.dir)
+    try:
+        lb.check_model(model, graph, 1e-2, [{"batch": 1}, {"batch": 5}])
+    finally:
+        model.close()

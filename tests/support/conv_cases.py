@@ -45,8 +45,12 @@ def add_conv(b: GraphBuilder, dtype: DType, case: tuple, batch: IntVar, p: str) 
     return b.op("conv2d", ins, Conv2dAttrs(stride, pads, dilation, 1, has_bias, epilogue), name=f"{p}conv")
 
 
-def conv_graph(dtype: DType, batch_max: int = 8) -> Graph:
+# CUTLASS 2.x's problem size has one pad for both sides of each dim: every case but the asymmetric one.
+SYMMETRIC = [c for c in CASES if c[4][0] == c[4][2] and c[4][1] == c[4][3]]
+
+
+def conv_graph(dtype: DType, batch_max: int = 8, cases: list[tuple] | None = None) -> Graph:
     b = GraphBuilder(f"convs_{dtype.value}")
     batch = IntVar("batch", 1, batch_max)
-    outs = [add_conv(b, dtype, case, batch, f"{case[0]}.") for case in CASES]
+    outs = [add_conv(b, dtype, case, batch, f"{case[0]}.") for case in (CASES if cases is None else cases)]
     return b.build(*outs)
