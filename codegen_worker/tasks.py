@@ -172,7 +172,7 @@ def register(app: Celery, settings: Settings) -> None:
         symbols_types = {t.name: type_from_pb(t.type) for t in graph.inputs}
         manifest = Manifest(
             format=FORMAT, graph=plan.graph_name, target=job.target, job_key=job.key,
-            compiler_version=compiler_version(), toolchain=backend.toolchain_version(),
+            compiler_version=job.compiler or compiler_version(), toolchain=job.toolchain or backend.toolchain_version(),
             inputs=tuple(TensorSig(b.name, b.type.dtype, symbols_types[b.name].shape) for b in plan.of_kind("input")),
             outputs=tuple(TensorSig(b.name, b.type.dtype, b.type.shape) for b in plan.of_kind("output")),
             symbols=plan.symbols, files=tuple(files),

@@ -46,11 +46,12 @@ class Frontend:
         if not toolchain:
             raise Unavailable(f"no codegen worker for {target.codegen_queue} has registered; start one for target {target.name}")
         options = keys.job_options(req.options.profile, req.options.cuda_graph, req.options.profile_only)
-        key = keys.job_key(canonical_graph(graph), target.name, options, compiler_version(), toolchain)
+        compiler = compiler_version()
+        key = keys.job_key(canonical_graph(graph), target.name, options, compiler, toolchain)
         artifact = self.store.get_ref(f"actions/{key}")
         if artifact and self.store.has(artifact):
             job = Job(JobStore.new_id(), key, target.name, state=SUCCEEDED, stage="succeeded", artifact=artifact,
-                      cached=True, options=json.dumps(options))
+                      cached=True, options=json.dumps(options), compiler=compiler, toolchain=toolchain)
             self.jobs.create(job)
             self.jobs.emit(job.id, log=f"cache hit: artifact {artifact}")
             farm.count(self.jobs.r, "cache_hits")
@@ -64,7 +65,8 @@ class Frontend:
             self.jobs.release_key(key, owner)
             self.jobs.claim_key(key, job_id)
         digest = self.store.put_bytes(req.graph.SerializeToString(deterministic=True))
-        job = Job(job_id, key, target.name, state=QUEUED, graph=digest, options=json.dumps(options))
+        job = Job(job_id, key, target.name, state=QUEUED, graph=digest, options=json.dumps(options), compiler=compiler,
+                  toolchain=toolchain)
         self.jobs.create(job)
         self.celery.send_task(farm.TASK_PLAN, args=[job_id], queue=farm.PLANNER_QUEUE)
         return job

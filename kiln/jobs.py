@@ -40,6 +40,10 @@ class Job:
     # (passes make constants; the link reads them from here). Its ops are not
     # stored: fused ops carry internal attributes that have no wire form.
     constants: str = ""
+    # The compiler version and toolchain the key covers, as the frontend saw them: the manifest records these, not
+    # the linking worker's own (code changed under a running worker would otherwise name an artifact's key wrongly).
+    compiler: str = ""
+    toolchain: str = ""
 
     @staticmethod
     def from_hash(h: dict[str, str]) -> Job:
@@ -47,7 +51,8 @@ class Job:
             id=h["id"], key=h["key"], target=h["target"], state=h["state"], stage=h["stage"], done=int(h["done"]),
             total=int(h["total"]), artifact=h["artifact"], error=h["error"], cached=h["cached"] == "1",
             created=float(h["created"]), finished=float(h["finished"]), graph=h["graph"], plan=h["plan"],
-            options=h["options"], constants=h.get("constants", ""))
+            options=h["options"], constants=h.get("constants", ""), compiler=h.get("compiler", ""),
+            toolchain=h.get("toolchain", ""))
 
     def to_hash(self) -> dict[str, str]:
         return {k: _encode(v) for k, v in asdict(self).items()}

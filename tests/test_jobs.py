@@ -64,3 +64,12 @@ def test_a_job_without_progress_is_failed_and_watchers_hear_it(jobs):
     assert got.state == FAILED and "no progress" in got.error
     assert jobs.events(job.id, "0", block_ms=1)[-1].state == FAILED
     assert not jobs.fail_if_stale(job.id, 0.0)  # already ended
+
+
+def test_a_job_keeps_the_compiler_and_toolchain_its_key_covers(jobs):
+    # The link writes these into the manifest: a worker whose code changed since the submit must not name its own.
+    job = Job(JobStore.new_id(), "versions", "cuda:sm90", compiler="c" * 64, toolchain="nvcc 13.0; cutlass 4.2.0.0")
+    jobs.create(job)
+    back = jobs.get(job.id)
+    assert (back.compiler, back.toolchain) == ("c" * 64, "nvcc 13.0; cutlass 4.2.0.0")
+    assert back == job

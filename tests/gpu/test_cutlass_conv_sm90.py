@@ -11,7 +11,7 @@ from codegen_worker.backends import cutlass_sm80
 from kiln.dtypes import DType
 from kiln.runtime import Model
 from tests.support import local_build as lb
-from tests.support.conv_cases import CASES, SYMMETRIC, conv_graph
+from tests.support.conv_cases import CASES, SM80_CASES, SM80_ELIGIBLE, conv_graph
 
 pytestmark = pytest.mark.gpu
 
@@ -42,9 +42,9 @@ SM80_RUNS = [(DType.F16, c) for c in cutlass_sm80.CONV_CANDIDATES] + [(DType.BF1
                          ids=[f"{d.value}-{'x'.join(map(str, c['tile']))}" for d, c in SM80_RUNS])
 def test_cutlass_2x_convs_on_hopper_in_each_candidate(tmp_path, dtype, config):
     """Bias + relu, bias alone, a residual, stride 2, a 7x7 filter: each CUTLASS 2.x conv candidate of an sm90 build."""
-    graph = conv_graph(dtype, cases=SYMMETRIC)
+    graph = conv_graph(dtype, cases=SM80_CASES)
     built = lb.build_local(graph, "cuda:sm90", tmp_path / "a", {"conv2d": config})
-    assert [built.configs[c.kernel] for c in built.plan.calls] == [config] * len(SYMMETRIC)
+    assert [built.configs[c.kernel] for c in built.plan.calls] == [config] * len(SM80_CASES)
     model = Model(built.dir)
     try:
         lb.check_model(model, graph, 1e-2, [{"batch": 1}, {"batch": 5}])
@@ -53,12 +53,12 @@ def test_cutlass_2x_convs_on_hopper_in_each_candidate(tmp_path, dtype, config):
 
 
 def test_sm80_artifact_convs_take_cutlass_2x(tmp_path):
-    """An sm80 artifact (its PTX JIT-compiled here) serves every symmetric conv with CUTLASS 2.x by default and the
-    asymmetric one with the SIMT kernel."""
+    """An sm80 artifact (its PTX JIT-compiled here) serves every conv CUTLASS 2.x can with it by default, the others
+    (asymmetric padding; bias and residual together) with the SIMT kernel."""
     graph = conv_graph(DType.F16)
     built = lb.build_local(graph, "cuda:sm80", tmp_path / "a")
     impls = {c.source_ops[0].split(".")[0]: built.configs[c.kernel].get("impl") for c in built.plan.calls}
-    assert impls == {c[0]: ("cutlass_sm80" if c in SYMMETRIC else None) for c in CASES}, impls
+    assert impls == {c[0]: ("cutlass_sm80" if c in SM80_ELIGIBLE else None) for c in CASES}, impls
     model = Model(built.dir)
     try:
         lb.check_model(model, graph, 1e-2, [{"batch": 1}, {"batch": 5}])

@@ -14,6 +14,7 @@ from kiln.ops import Conv2dAttrs, EwInstr
 
 RELU = (EwInstr("relu", (0,)),)
 ADD_RELU = (EwInstr("add", (0, 1)), EwInstr("relu", (2,)))
+ADD = (EwInstr("add", (0, 1)),)
 
 # name, (H, W, C), (O, KH, KW), stride, pads, dilation, epilogue kind
 CASES = [
@@ -33,20 +34,22 @@ def add_conv(b: GraphBuilder, dtype: DType, case: tuple, batch: IntVar, p: str) 
     bound = 1.0 / np.sqrt(c * kh * kw)
     wt = b.constant(f"{p}w", rng.uniform(-bound, bound, (o, kh, kw, c)), dtype)
     ins = [x, wt]
-    has_bias = kind != "none"
+    has_bias = kind not in ("none", "add")
     if has_bias:
         ins.append(b.constant(f"{p}b", rng.uniform(-0.5, 0.5, o), dtype))
-    epilogue: tuple[EwInstr, ...] = {"relu": RELU, "add_relu": ADD_RELU}.get(kind, ())
+    epilogue: tuple[EwInstr, ...] = {"relu": RELU, "add_relu": ADD_RELU, "add": ADD}.get(kind, ())
     probe = Conv2dAttrs(stride, pads, dilation, 1, has_bias, ())
-    if kind == "add_relu":
+    if kind in ("add_relu", "add"):
         out_shape = b.op("conv2d", ins, probe).type.shape  # only to learn the output shape
         b.ops.pop()
         ins.append(b.input(f"{p}r", out_shape, dtype))
     return b.op("conv2d", ins, Conv2dAttrs(stride, pads, dilation, 1, has_bias, epilogue), name=f"{p}conv")
 
 
-# CUTLASS 2.x's problem size has one pad for both sides of each dim: every case but the asymmetric one.
-SYMMETRIC = [c for c in CASES if c[4][0] == c[4][2] and c[4][1] == c[4][3]]
+# What CUTLASS 2.x's conv serves: one pad for both sides of each dim, and C holding the bias or a residual, not both.
+SM80_ELIGIBLE = [c for c in CASES if c[4][0] == c[4][2] and c[4][1] == c[4][3] and c[6] != "add_relu"]
+# Those, and a strided conv adding a residual (no bias).
+SM80_CASES = SM80_ELIGIBLE + [("3x3_s2_add", (15, 15, 64), (128, 3, 3), (2, 2), (1, 1, 1, 1), (1, 1), "add")]
 
 
 def conv_graph(dtype: DType, batch_max: int = 8, cases: list[tuple] | None = None) -> Graph:
