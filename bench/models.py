@@ -152,16 +152,19 @@ def bench_model(name: str, args: argparse.Namespace, peak: float, workdir: Path,
         t0 = time.time()
         built = lb.build_local(graph, "cuda:sm90", workdir / f"{name}.profiled", picks, jobs=args.jobs)
         tuning["second_compile_s"] = round(time.time() - t0, 1)
-    # The same model with some passes left out (--ab-passes), built from the same picks: a pass's worth, timed
-    # beside the full build in the same rounds (its kernels not in the picks keep their defaults).
+    # The same model with some passes left out (--ab-passes) or built from other picks (--ab-picks), timed beside
+    # the main build in the same rounds: a pass's or a tuning's worth (kernels no picks name keep their defaults).
     ab = None
-    if args.ab_passes:
+    if args.ab_passes or args.ab_picks:
         t0 = time.time()
-        picked = earlier_picks(Path(args.picks), name) if args.picks else {}
-        ab = lb.build_local(graph, "cuda:sm90", workdir / f"{name}.ab", picked | built.configs_by_spec(),
-                            jobs=args.jobs, disabled_passes=frozenset(args.ab_passes))
-        print(f"{name}: without {args.ab_passes}: {len(ab.plan.calls)} kernels, built in {time.time() - t0:.0f} s",
-              flush=True)
+        if args.ab_picks:
+            configs = earlier_picks(Path(args.ab_picks), name)
+        else:
+            configs = (earlier_picks(Path(args.picks), name) if args.picks else {}) | built.configs_by_spec()
+        ab = lb.build_local(graph, "cuda:sm90", workdir / f"{name}.ab", configs, jobs=args.jobs,
+                            disabled_passes=frozenset(args.ab_passes))
+        print(f"{name}: A/B build (passes off {args.ab_passes}, picks {args.ab_picks or 'the same'}): "
+              f"{len(ab.plan.calls)} kernels, built in {time.time() - t0:.0f} s", flush=True)
     kernels = [c.spec.op for c in built.plan.calls]
     impls = {}
     for c in built.plan.calls:
@@ -190,7 +193,7 @@ def bench_model(name: str, args: argparse.Namespace, peak: float, workdir: Path,
     if ab_model is not None:
         got_ab = ab_model.run({n: t.cuda() for n, t in zip(names, feeds_t, strict=True)})
         result["rel_err_kiln_ab_vs_fp64"] = lb.rel_err(next(iter(got_ab.values())).float().cpu().numpy(), ref)
-        result["ab_passes"] = args.ab_passes
+        result["ab_passes"], result["ab_picks"] = args.ab_passes, args.ab_picks
         result["ab_kernels"] = len(ab.plan.calls)
     save(result)
     print(f"{name}: import {import_s:.0f} s, build {build_s:.0f} s, {len(kernels)} kernels {impls}, "
@@ -277,7 +280,7 @@ def bench_model(name: str, args: argparse.Namespace, peak: float, workdir: Path,
         print(f"  batch {batch:4d}: kiln {row['kiln_ms']:.3f} ms  "
               + (f"(heuristic {row['kiln_heuristic_ms']:.3f})  " if "kiln_heuristic_ms" in row else "")
               + (f"(no PDL {row['kiln_no_pdl_ms']:.3f})  " if "kiln_no_pdl_ms" in row else "")
-              + (f"(without {args.ab_passes} {row['kiln_ab_ms']:.3f})  " if "kiln_ab_ms" in row else "")
+              + (f"(A/B build {row['kiln_ab_ms']:.3f})  " if "kiln_ab_ms" in row else "")
               + "  ".join(f"{k[:-3]} {v:.3f}" for k, v in peers.items())
               + f"  floor {row['floor_ms']:.3f} ({row['kiln_fraction_of_floor']:.0%})", flush=True)
     m.close()
@@ -411,6 +414,7 @@ def main() -> None:
     p.add_argument("--pdl-ab", action="store_true",
                    help="also time Kiln with programmatic dependent launch off (kiln_no_pdl_ms)")
     p.add_argument("--ab-passes", default="", help="comma list of pipeline steps: also time a build without them")
+    p.add_argument("--ab-picks", default="", help="also time a build from these picks (a models.json or {model: picks})")
     p.add_argument("--breakdown-batches", default="1,-1",
                    help="batches of the per-kernel breakdown (negative: from the end of the model's list)")
     args = p.parse_args()
