@@ -78,7 +78,9 @@ for stage in "${@:-tests}"; do
         python3 bench/check_artifact.py --dir "$art" --model "bench/farm_models/$name.py" --batches 1,2,16 \
           --json "$OUT/farm_$name.json" 2>&1 | tee "$OUT/farm_$name.log" || status=1
       done
-      timeout "${TESTS_TIMEOUT:-500}" python3 -m pytest -q -rf -m gpu ${PYTEST_ARGS:-} ${TESTS:-tests/gpu} ${TESTS_K:+-k "$TESTS_K"} -p no:cacheprovider 2>&1 \
+      # -v: each test's outcome is printed as it ends, so a run cut short by the timeout still names its failures
+      # (pytest's own summary comes only at the end).
+      timeout "${TESTS_TIMEOUT:-500}" python3 -m pytest -v -rf -m gpu ${PYTEST_ARGS:-} ${TESTS:-tests/gpu} ${TESTS_K:+-k "$TESTS_K"} -p no:cacheprovider 2>&1 \
         | tee "$OUT/pytest_gpu.log" || status=1 ;;
     attention)
       timeout "${ATTN_TIMEOUT:-400}" python3 bench/attention_sm90.py ${ATTN_ARGS:-} --out "$OUT/attention_sm90.json" 2>&1 \
