@@ -193,10 +193,7 @@ class PatchLinear(OpDef):
     max_inputs = 16
 
     def check_attrs(self, attrs: PatchLinearAttrs) -> None:
-        _pair("kernel", attrs.kernel, 1)
-        _pair("stride", attrs.stride, 1)
-        _pair("dilation", attrs.dilation, 1)
-        _pads(attrs.pads)
+        Im2col().check_attrs(attrs.im2col(0))
 
     def infer(self, inputs: list[TensorType], attrs: PatchLinearAttrs) -> list[TensorType]:
         same_float_dtype(inputs, "patch_linear")
