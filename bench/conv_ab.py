@@ -1,7 +1,7 @@
 """ResNet-50's stride-1 3x3 convs (56x56x64, 28x28x128, 14x14x256, 7x7x512; bias + ReLU, batch 1..256), every
 conv candidate of an sm90 build profiled at batch 1, 16 and 256: CUTLASS 3.x's TMA warp-specialized kernels against
-CUTLASS 2.x's mma.sync implicit GEMM. The specs are ResNet-50's own (same key), so the picks printed feed
-bench/models.py --picks. Run on an H100/H200:
+CUTLASS 2.x's mma.sync implicit GEMM (which the profiler leaves out on sm90: here it is added). The specs are
+ResNet-50's own (same key), so the picks printed feed bench/models.py --picks. Run on an H100/H200:
     PYTHONPATH=. python3 bench/conv_ab.py --out conv_ab.json
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.tune import profile
+from codegen_worker.backends import cutlass_sm80
 from kiln.builder import GraphBuilder
 from kiln.dtypes import DType
 from kiln.ir import Graph, IntVar
@@ -44,7 +45,8 @@ def main() -> None:
     args = p.parse_args()
     card = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
                           capture_output=True, text=True).stdout.strip()
-    picks, report = profile(graph(), args.jobs, Path(tempfile.mkdtemp(prefix="kiln-conv-ab-")))
+    picks, report = profile(graph(), args.jobs, Path(tempfile.mkdtemp(prefix="kiln-conv-ab-")),
+                            extra={"conv2d": cutlass_sm80.CONV_CANDIDATES})
     for spec in report["specs"]:
         print(spec["shapes"])
         for point in spec["points"]:

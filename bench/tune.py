@@ -45,14 +45,17 @@ def model_graph(name: str) -> Graph:
     return kiln.from_torch(model.half(), example, dynamic_shapes=dyn, name=name)
 
 
-def tuned_specs(graph: Graph) -> dict[str, tuple[KernelSpec, list[dict[str, Any]]]]:
-    """spec key -> (spec, candidates) for every kernel with a choice to make."""
+def tuned_specs(graph: Graph, extra: dict[str, list[dict[str, Any]]] | None = None,
+                ) -> dict[str, tuple[KernelSpec, list[dict[str, Any]]]]:
+    """spec key -> (spec, candidates) for every kernel with a choice to make; extra: op kind -> configs tried
+    beside the backend's candidates where they fit (those the profiler leaves out, for an A/B)."""
     backend, target = get_backend("cuda"), get_target(TARGET)
     plan = lower(run_passes(graph)[0], TARGET)
     out = {}
     for call in plan.calls:
         if call.spec.op in TUNED_OPS and call.spec.key() not in out:
             candidates = backend.candidate_configs(call.spec, target)
+            candidates += [c for c in (extra or {}).get(call.spec.op, []) if backend.fits(call.spec, target, c)]
             if len(candidates) > 1:
                 out[call.spec.key()] = (call.spec, candidates)
     return out
@@ -102,15 +105,15 @@ def prepare(names: list[str], jobs: int, picks: Path | None = None) -> None:
     print(f"prepared in {time.time() - t0:.0f} s", flush=True)
 
 
-def profile(graph: Graph, jobs: int, work: Path, runs: int = 20,
-            known: dict[str, dict] | None = None) -> tuple[dict[str, dict], dict[str, Any]]:
+def profile(graph: Graph, jobs: int, work: Path, runs: int = 20, known: dict[str, dict] | None = None,
+            extra: dict[str, list[dict[str, Any]]] | None = None) -> tuple[dict[str, dict], dict[str, Any]]:
     """(spec key -> picked config, report) for every spec of graph with candidates;
     specs in `known` (picks of an earlier run on the same card) keep their pick unprofiled."""
     backend, target = get_backend("cuda"), get_target(TARGET)
     from profile_worker.runner import run_all
 
     known = known or {}
-    every = tuned_specs(graph)
+    every = tuned_specs(graph, extra)
     specs = {k: v for k, v in every.items() if k not in known}
     rendered = {key: [build.render(backend, target, spec, c) for c in cands] for key, (spec, cands) in specs.items()}
     t0 = time.time()

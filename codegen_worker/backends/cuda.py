@@ -15,7 +15,9 @@ from kiln.targets import Target
 # sm80 also embeds its PTX: an Ampere artifact then runs on later GPUs (Hopper JIT-compiles it),
 # which is how its CUTLASS 2.x kernels are checked on the H100/H200 the project has.
 _GENCODE = {"sm90": "arch=compute_90a,code=sm_90a", "sm80": "arch=compute_80,code=[sm_80,compute_80]"}
-# CUTLASS serves linear and conv2d on both; on sm90 the 2.x implicit-GEMM convs are conv candidates too.
+# CUTLASS serves linear and conv2d on both. On sm90 a conv may be pinned to 2.x's implicit GEMM, but the profiler
+# does not try it: CUTLASS launches its 2.x kernels itself, outside programmatic dependent launch, and inside a
+# replayed graph that cost ResNet-50 more at batch 1 than the kernels saved (bench/results/models_h200_2026-11-30_s10.md).
 _CUTLASS = {"sm90": cutlass_sm90, "sm80": cutlass_sm80}
 # Hopper builds launch every kernel for programmatic dependent launch (grid_dependency.h);
 # CUTLASS's sm90 GEMMs then wait on their predecessor through its own GDC hooks.
@@ -52,9 +54,8 @@ class CudaBackend(GpuBackend):
                                      {"block_q": 64, "block_k": 64, "warp_rows": 32},
                                      # At most 96 registers, 5 CTAs an SM (ptxas spills ~50 bytes at D = 64).
                                      {"block_q": 64, "block_k": 32, "min_blocks": 5}]}
-    # Attention keeps its seven mma.sync configs and three wgmma ones beside the default; sm90's conv its five
-    # TMA warp-specialized configs and CUTLASS 2.x's five.
-    op_max_candidates = {"attention": 11, "conv2d": 10}
+    # Attention keeps its seven mma.sync configs and three wgmma ones beside the default.
+    op_max_candidates = {"attention": 11}
 
     @functools.cache  # noqa: B019
     def toolchain_version(self) -> str:
@@ -91,15 +92,13 @@ class CudaBackend(GpuBackend):
     def candidate_configs(self, spec: KernelSpec, target: Target) -> list[dict[str, Any]]:
         if self._cutlass(spec, target):
             table = cutlass_sm90.defaults(spec)[1] if target.arch == "sm90" else cutlass_sm80.defaults(spec)[1]
-            if target.arch == "sm90" and spec.op == "conv2d":
-                table = table + cutlass_sm80.CONV_CANDIDATES
             return self.prune(spec, target, [dict(c) for c in table])
         return super().candidate_configs(spec, target)
 
     def fits(self, spec: KernelSpec, target: Target, config: dict[str, Any]) -> bool:
         if "impl" in config:
             if target.arch == "sm90" and spec.op == "conv2d" and config["impl"] == "cutlass_sm80":
-                # mma.sync runs on Hopper too: Ampere's implicit GEMM is a conv candidate there.
+                # mma.sync runs on Hopper too: Ampere's implicit GEMM may be pinned there (bench/conv_ab.py).
                 return cutlass_sm80.plan_for(spec) is not None and cutlass_sm80.worth_trying(spec, config)
             lib = _CUTLASS.get(target.arch)
             return (config["impl"] == f"cutlass_{target.arch}" and self._cutlass(spec, target)

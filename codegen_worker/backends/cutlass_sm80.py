@@ -8,9 +8,10 @@ map onto the same functors.
 
 Conv2d (NHWC, groups 1, symmetric padding, channels in 16-byte vectors) runs as
 CUTLASS 2.x's implicit GEMM (optimized iterators, cp.async, mma.sync). sm80 has
-no other tensor-core conv; on sm90 its configs are candidates beside the TMA
-warp-specialized kernels, whose non-persistent schedule runs ResNet-50's
-64-channel 3x3 convs at 15% of the matrix rate (the profiler decides).
+no other tensor-core conv. On sm90 a conv may be pinned to it (it won ResNet-50's
+64-channel 3x3 conv at batch 256, where the TMA warp-specialized kernel's
+non-persistent schedule runs at 15% of the matrix rate), but the profiler does
+not try it there: it takes no part in programmatic dependent launch.
 """
 from __future__ import annotations
 

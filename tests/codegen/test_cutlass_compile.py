@@ -67,11 +67,12 @@ def test_eligible_convs_default_to_cutlass_and_others_do_not():
     assert "impl" not in backend.default_config(conv(DType.F16, 3, 64), sm90)          # stem: 3 channels
     assert "impl" not in backend.default_config(conv(DType.F16, 64, 64, groups=2), sm90)  # grouped
     assert "impl" not in backend.default_config(conv(DType.F32, 64, 64), sm90)
-    # Every conv candidate but the one whose 256-wide tile exceeds the 128 output channels; CUTLASS 2.x's after.
+    # Every conv candidate but the one whose 256-wide tile exceeds the 128 output channels.
     kept = backend.candidate_configs(conv(DType.BF16, 64, 128), sm90)
-    assert kept == [c for c in cutlass_sm90.CONV_CANDIDATES if c["tile"][1] <= 128] + cutlass_sm80.CONV_CANDIDATES
-    every = backend.candidate_configs(conv(DType.BF16, 64, 256), sm90)
-    assert every == cutlass_sm90.CONV_CANDIDATES + cutlass_sm80.CONV_CANDIDATES
+    assert kept == [c for c in cutlass_sm90.CONV_CANDIDATES if c["tile"][1] <= 128] and len(kept) == 4
+    assert backend.candidate_configs(conv(DType.BF16, 64, 256), sm90) == cutlass_sm90.CONV_CANDIDATES
+    # CUTLASS 2.x's convs may be pinned on sm90 (the profiler leaves them out: no programmatic dependent launch).
+    assert all(backend.fits(conv(DType.F16, 64, 128), sm90, c) for c in cutlass_sm80.CONV_CANDIDATES)
     # sm80 convs default to CUTLASS 2.x where it applies: not the stem's 3 channels, not asymmetric padding.
     sm80 = get_target("cuda:sm80")
     assert backend.default_config(conv(DType.F16, 64, 128), sm80) == cutlass_sm80.CONV_DEFAULT
