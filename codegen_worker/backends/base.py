@@ -17,7 +17,7 @@ from codegen_worker.backends import cexpr, contexts
 from kiln.dtypes import DType
 from kiln.ir import IntVar, TensorType
 from kiln.plan import Buffer, ExecutionPlan, KernelSpec
-from kiln.targets import Target
+from kiln.targets import Target, get_target
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
@@ -252,7 +252,7 @@ class GpuBackend(Backend):
         if overlap:
             # Three K/V stages in dynamic shared memory (opted in past 48 KiB); min_blocks CTAs must fit an SM's
             # 228 KiB, 1 KiB of it reserved per block, or the register cap only buys spills.
-            fits_smem = smem <= SM90_DYNAMIC_SMEM_BYTES and min_blocks * (smem + 1024) <= SM90_SMEM_PER_SM
+            fits_smem = smem <= target.opt_in_smem_per_block and min_blocks * (smem + 1024) <= SM90_SMEM_PER_SM
         else:
             fits_smem = smem <= target.smem_per_block
         return (bq > 0 and bk > 0 and bq % rows == 0 and bk % 16 == 0
@@ -266,8 +266,8 @@ def patch_linear_smem_bytes(block_m: int, n: int, k: int) -> int:
     return (kp * (block_m + 8) + n * (kp + 8)) * 2 + kp * 8
 
 
-# The most shared memory one sm90 block may opt in to (227 KiB), and an SM's whole (228 KiB).
-SM90_DYNAMIC_SMEM_BYTES = 232448
+# The most shared memory one sm90 block may opt in to (227 KiB: the target's), and an SM's whole (228 KiB).
+SM90_DYNAMIC_SMEM_BYTES = get_target("cuda:sm90").opt_in_smem_per_block
 SM90_SMEM_PER_SM = 233472
 
 

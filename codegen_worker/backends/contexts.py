@@ -164,19 +164,24 @@ def _slice(b: Any, spec: KernelSpec) -> Context:
             "base": base, "numel_out": cexpr.numel_expr(out.shape)}
 
 
-@context_for("im2col")
-def _im2col(b: Any, spec: KernelSpec) -> Context:
+def _window(spec: KernelSpec) -> Context:
+    """The fields of an im2col window (im2col's and patch_linear's attrs name them alike): the input's layout, the
+    filter, stride, padding and dilation, and `src`, where channel c of pixel (img, ih, iw) lives."""
     x, out = spec.inputs[0], spec.outputs[0]
     a = spec.attrs
     _, h, w, c = (x.shape[0], *x.shape[2:], x.shape[1]) if a.channels_first else x.shape
-    # Where channel c of pixel (img, ih, iw) lives, for either input layout.
     src = "((img * {C} + c) * {H} + ih) * {W} + iw" if a.channels_first else "((img * {H} + ih) * {W} + iw) * {C} + c"
     return {"src": src.format(H=h, W=w, C=c), "H": h, "W": w, "C": c,
             "OH": out.shape[1], "OW": out.shape[2], "KH": a.kernel[0], "KW": a.kernel[1],
             "SH": a.stride[0], "SW": a.stride[1], "PT": a.pads[0], "PL": a.pads[1], "DH": a.dilation[0],
-            "DW": a.dilation[1], "K": a.cols, "KC": a.kernel[0] * a.kernel[1] * c,
-            "numel_out": cexpr.numel_expr(out.shape), "numel_in": cexpr.numel_expr(x.shape),
-            **_row_vector(a.cols, x.dtype.itemsize)}
+            "DW": a.dilation[1], "KC": a.kernel[0] * a.kernel[1] * c, "numel_in": cexpr.numel_expr(x.shape)}
+
+
+@context_for("im2col")
+def _im2col(b: Any, spec: KernelSpec) -> Context:
+    x, out = spec.inputs[0], spec.outputs[0]
+    return _window(spec) | {"K": spec.attrs.cols, "numel_out": cexpr.numel_expr(out.shape),
+                            **_row_vector(spec.attrs.cols, x.dtype.itemsize)}
 
 
 @context_for("patch_linear")
@@ -185,16 +190,10 @@ def _patch_linear(b: Any, spec: KernelSpec) -> Context:
     padded width, KC = KH*KW*C the columns that hold taps."""
     x, w, out = spec.inputs[0], spec.inputs[1], spec.outputs[0]
     a = spec.attrs
-    _, h, wd, c = (x.shape[0], *x.shape[2:], x.shape[1]) if a.channels_first else x.shape
-    src = "((img * {C} + c) * {H} + ih) * {W} + iw" if a.channels_first else "((img * {H} + ih) * {W} + iw) * {C} + c"
-    kh, kw = a.kernel
-    return {"src": src.format(H=h, W=wd, C=c), "H": h, "W": wd, "C": c, "OH": out.shape[1], "OW": out.shape[2],
-            "KH": kh, "KW": kw, "SH": a.stride[0], "SW": a.stride[1], "PT": a.pads[0], "PL": a.pads[1],
-            "DH": a.dilation[0], "DW": a.dilation[1], "K": w.shape[1], "KC": kh * kw * c, "N": w.shape[0],
-            "channels_first": a.channels_first, "M": cexpr.numel_expr(out.shape[:3]),
-            "WWP": patch_window_width(out.shape[2], a.stride[1], kw, a.dilation[1]),
-            "numel_in": cexpr.numel_expr(x.shape),
-            "mma": patch_linear_mma(b.api, x.dtype, w.shape[0], w.shape[1])} | _epilogue(spec, 2)
+    return _window(spec) | {
+        "K": w.shape[1], "N": w.shape[0], "channels_first": a.channels_first, "M": cexpr.numel_expr(out.shape[:3]),
+        "WWP": patch_window_width(out.shape[2], a.stride[1], a.kernel[1], a.dilation[1]),
+        "mma": patch_linear_mma(b.api, x.dtype, w.shape[0], w.shape[1])} | _epilogue(spec, 2)
 
 
 def patch_window_width(ow: int, sw: int, kw: int, dw: int) -> int:
