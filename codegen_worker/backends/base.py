@@ -248,7 +248,7 @@ class GpuBackend(Backend):
             return False
         if rows not in (16, 32) or (rows == 32 and max(ctx["D"], ctx["DV"], bk) > 64):
             return False  # two row tiles a warp double its S, P and O registers: past 64 they spill
-        smem = attention_mma_smem_bytes(ctx["D"], ctx["DV"], bq, bk, wgmma, overlap)
+        smem = attention_mma_smem_bytes(ctx["D"], ctx["DV"], bq, bk, wgmma, overlap, attention_mask_block(ctx))
         if overlap:
             # Three K/V stages in dynamic shared memory (opted in past 48 KiB); min_blocks CTAs must fit an SM's
             # 228 KiB, 1 KiB of it reserved per block, or the register cap only buys spills.
@@ -257,6 +257,12 @@ class GpuBackend(Backend):
             fits_smem = smem <= target.smem_per_block
         return (bq > 0 and bk > 0 and bq % rows == 0 and bk % 16 == 0
                 and (bq // rows) * 32 <= target.max_threads_per_block and fits_smem)
+
+
+def attention_mask_block(ctx: dict[str, Any]) -> bool:
+    """Whether the attention's mask is one row for every query with contiguous keys (BERT's padding mask): the
+    template then stages it with each key block."""
+    return bool(ctx["has_mask"]) and ctx["m"]["q"] == "INT64_C(0)" and ctx["m"]["k"] == "INT64_C(1)"
 
 
 def patch_linear_smem_bytes(block_m: int, n: int, k: int) -> int:
@@ -272,24 +278,38 @@ SM90_SMEM_PER_SM = 233472
 
 
 def attention_mma_smem_bytes(d: int, dv: int, block_q: int, block_k: int, wgmma: bool = False,
-                             overlap: bool = False) -> int:
+                             overlap: bool = False, mask_block: bool = False) -> int:
     """Shared memory of gpu/attention.j2's tensor-core path: padded K/V
     stages (two when they fit in 48 KiB, else one) and the Q tile, beside them
     when all fit in 48 KiB, else aliasing them. The wgmma path keeps unpadded
     tiles and Q always beside them (the MMA reads it from shared memory); with
-    overlap, three stages in dynamic shared memory."""
-    if overlap:
-        return 2 * (block_q * d + 3 * block_k * (d + dv))
-    if wgmma:
-        stage = block_k * (d + dv)
-        stages = 2 if 2 * (block_q * d + 2 * stage) <= 48 * 1024 else 1
-        return 2 * (block_q * d + stages * stage)
-    stage = block_k * (d + 8 + dv + 8)
-    stages = 2 if 2 * stage * 2 <= 48 * 1024 else 1
-    q_tile = block_q * (d + 8)
-    if 2 * (q_tile + stages * stage) <= 48 * 1024:
-        return 2 * (q_tile + stages * stage)
-    return 2 * max(q_tile, stages * stage)
+    overlap, three stages in dynamic shared memory. mask_block (a mask row
+    shared by every query, keys contiguous): each stage also carries the key
+    block's mask values, unless that would cost a stage, Q's own tile or static
+    shared memory past 48 KiB."""
+    return 2 * _attention_layout(d, dv, block_q, block_k, wgmma, overlap, mask_block)[0]
+
+
+def _attention_layout(d: int, dv: int, block_q: int, block_k: int, wgmma: bool, overlap: bool,
+                      mask_block: bool) -> tuple[int, int]:
+    """(shared-memory elements, mask elements a stage) as the template lays them out."""
+    def layout(ms: int) -> tuple[int, bool, int]:
+        if wgmma or overlap:
+            stage = block_k * (d + dv) + ms
+            stages = 3 if overlap else (2 if 2 * (block_q * d + 2 * stage) <= 48 * 1024 else 1)
+            return stages, True, block_q * d + stages * stage
+        stage = block_k * (d + 8 + dv + 8) + ms
+        stages = 2 if 2 * stage * 2 <= 48 * 1024 else 1
+        q_tile = block_q * (d + 8)
+        qsep = 2 * (q_tile + stages * stage) <= 48 * 1024
+        return stages, qsep, (q_tile + stages * stage) if qsep else max(q_tile, stages * stage)
+
+    plain = layout(0)
+    if mask_block:
+        staged = layout(block_k)
+        if staged[:2] == plain[:2] and (overlap or 2 * staged[2] <= 48 * 1024):
+            return staged[2], block_k
+    return plain[2], 0
 
 
 def first_line(cmd: list[str], env: dict[str, str] | None = None, last: bool = False) -> str:

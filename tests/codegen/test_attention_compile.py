@@ -6,6 +6,7 @@ hipcc run). `add_attention` is shared with the GPU test.
 """
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
@@ -109,9 +110,9 @@ def test_attention_compiles_in_one_translation_unit(tmp_path, target_name):
         assert "HMMA.16816.F32" in sass, "the tensor-core path compiled to no HMMA"
 
 
-def _spec(target_name: str, dtype: DType, d: int, dv: int | None = None) -> KernelSpec:
+def _spec(target_name: str, dtype: DType, d: int, dv: int | None = None, mask: str = "b11k") -> KernelSpec:
     graph = lb.graph("one", lambda b: add_attention(b, dtype, "bhsd", d=d, sq=33, sk=33, batch=IntVar("batch", 1, 4),
-                                                    dv=dv, mask="b11k"))
+                                                    dv=dv, mask=mask))
     return lower(run_passes(graph)[0], target_name).calls[0].spec
 
 
@@ -128,6 +129,30 @@ def test_mma_candidates_fit_the_smem_limit(d):
     # 128-query blocks of 128-wide heads with 128-key blocks would need 2 x 69,632 bytes: never offered.
     assert not backend.fits(spec, target, {"block_q": 64, "block_k": 256})
     assert not backend.fits(spec, target, {"block_q": 40, "block_k": 64})
+
+
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("mask", ["b11k", "bhqk"])
+def test_rendered_layout_is_the_one_fits_counts(d, mask):
+    """The template's shared memory (a comment in the source) is what GpuBackend.fits counts, with the key
+    block's mask values in each stage only for a mask row shared by every query (b11k), and only where they
+    cost no stage."""
+    target = get_target("cuda:sm90")
+    backend = get_backend("cuda")
+    spec = _spec("cuda:sm90", DType.F16, d, mask=mask)
+    staged = []
+    for c in backend.candidate_configs(spec, target):
+        src = backend.render_kernel(spec, c, "kiln_k_probe")
+        got = re.search(r"stages=(\d+) mask a stage=(\d+) smem=(\d+) B", src)
+        assert got, c
+        smem = attention_mma_smem_bytes(d, d, c["block_q"], c["block_k"], bool(c.get("wgmma")),
+                                        bool(c.get("overlap")), mask_block=mask == "b11k")
+        assert int(got.group(3)) == smem, c
+        staged.append(int(got.group(2)) > 0)
+        if mask != "b11k":
+            assert int(got.group(2)) == 0, c
+    # BERT's shape (d 64, a padding mask): the key blocks carry their mask in most configs.
+    assert any(staged) == (mask == "b11k")
 
 
 @pytest.mark.parametrize("target_name,dtype,d", [("cuda:sm90", DType.F32, 64), ("cuda:sm90", DType.F16, 40),
