@@ -240,12 +240,10 @@ class GpuBackend(Backend):
         bq, bk, rows = int(config["block_q"]), int(config["block_k"]), int(config.get("warp_rows", 16))
         min_blocks = int(config.get("min_blocks", 1))
         wgmma, overlap = bool(config.get("wgmma")), bool(config.get("overlap"))
-        if wgmma:
+        if wgmma or overlap:
             # Hopper's warpgroup MMA: 64 query rows a warpgroup, one row tile a warp, S = m64n{block_k}.
-            if target.arch != "sm90" or rows != 16 or bq % 64 or not 16 <= bk <= 256:
+            if target.arch != "sm90" or not wgmma or rows != 16 or bq % 64 or not 16 <= bk <= 256:
                 return False
-        elif overlap and (target.arch != "sm90" or rows != 16):
-            return False  # mma.sync overlap: P of one row tile a warp waits in registers; timed on sm90 only
         if not 1 <= min_blocks * (bq // rows) * 32 <= target.max_threads_per_sm:
             return False
         if rows not in (16, 32) or (rows == 32 and max(ctx["D"], ctx["DV"], bk) > 64):
@@ -285,8 +283,7 @@ def attention_mma_smem_bytes(d: int, dv: int, block_q: int, block_k: int, wgmma:
     stages (two when they fit in 48 KiB, else one) and the Q tile, beside them
     when all fit in 48 KiB, else aliasing them. The wgmma path keeps unpadded
     tiles and Q always beside them (the MMA reads it from shared memory); with
-    overlap (either path), three stages and Q beside them in dynamic shared
-    memory. mask_block (a mask row
+    overlap, three stages in dynamic shared memory. mask_block (a mask row
     shared by every query, keys contiguous): each stage also carries the key
     block's mask values, unless that would cost a stage, Q's own tile or static
     shared memory past 48 KiB."""
@@ -297,14 +294,14 @@ def _attention_layout(d: int, dv: int, block_q: int, block_k: int, wgmma: bool, 
                       mask_block: bool) -> tuple[int, int]:
     """(shared-memory elements, mask elements a stage) as the template lays them out."""
     def layout(ms: int) -> tuple[int, bool, int]:
-        if wgmma:
+        if wgmma or overlap:
             stage = block_k * (d + dv) + ms
             stages = 3 if overlap else (2 if 2 * (block_q * d + 2 * stage) <= 48 * 1024 else 1)
             return stages, True, block_q * d + stages * stage
         stage = block_k * (d + 8 + dv + 8) + ms
-        stages = 3 if overlap else (2 if 2 * stage * 2 <= 48 * 1024 else 1)
+        stages = 2 if 2 * stage * 2 <= 48 * 1024 else 1
         q_tile = block_q * (d + 8)
-        qsep = overlap or 2 * (q_tile + stages * stage) <= 48 * 1024
+        qsep = 2 * (q_tile + stages * stage) <= 48 * 1024
         return stages, qsep, (q_tile + stages * stage) if qsep else max(q_tile, stages * stage)
 
     plain = layout(0)

@@ -53,12 +53,9 @@ class CudaBackend(GpuBackend):
                                      {"block_q": 128, "block_k": 64, "warp_rows": 32},
                                      {"block_q": 64, "block_k": 64, "warp_rows": 32},
                                      # At most 96 registers, 5 CTAs an SM (ptxas spills ~50 bytes at D = 64).
-                                     {"block_q": 64, "block_k": 32, "min_blocks": 5},
-                                     # mma.sync with block j - 1's P V issued behind block j's S (sm90: fits).
-                                     {"block_q": 64, "block_k": 64, "overlap": True},
-                                     {"block_q": 128, "block_k": 64, "overlap": True}]}
-    # Attention keeps its nine mma.sync configs and three wgmma ones beside the default.
-    op_max_candidates = {"attention": 13}
+                                     {"block_q": 64, "block_k": 32, "min_blocks": 5}]}
+    # Attention keeps its seven mma.sync configs and three wgmma ones beside the default.
+    op_max_candidates = {"attention": 11}
 
     @functools.cache  # noqa: B019
     def toolchain_version(self) -> str:

@@ -264,11 +264,8 @@ def test_wgmma_configs_only_on_sm90():
     # 128-wide heads: only 64-query blocks leave room for Q beside a K/V stage in 48 KiB.
     assert not backend.fits(_spec("cuda:sm90", DType.F16, 128), get_target("cuda:sm90"), wg)
     assert backend.fits(_spec("cuda:sm90", DType.F16, 128), get_target("cuda:sm90"), {**wg, "block_q": 64})
-    # overlap without wgmma is the mma.sync variant: one row tile a warp, and sm90 only (where it was timed).
-    mma_overlap = {"block_q": 128, "block_k": 64, "overlap": True}
-    assert backend.fits(_spec("cuda:sm90", DType.F16, 64), get_target("cuda:sm90"), mma_overlap)
-    assert not backend.fits(_spec("cuda:sm90", DType.F16, 64), get_target("cuda:sm90"), {**mma_overlap, "warp_rows": 32})
-    assert not backend.fits(_spec("cuda:sm80", DType.F16, 64), get_target("cuda:sm80"), mma_overlap)
+    assert not backend.fits(_spec("cuda:sm90", DType.F16, 64), get_target("cuda:sm90"),
+                            {"block_q": 128, "block_k": 64, "overlap": True})  # overlap is a wgmma variant
     assert backend.fits(_spec("cuda:sm90", DType.F16, 128), get_target("cuda:sm90"), {**wg, "overlap": True})
     # overlap checks what every config needs (16-key steps, a positive block, min_blocks >= 1) ...
     for bad in ({"block_k": 24}, {"block_q": 0}, {"min_blocks": 0}):
@@ -280,8 +277,7 @@ def test_wgmma_configs_only_on_sm90():
     sm90 = backend.candidate_configs(_spec("cuda:sm90", DType.F16, 64), get_target("cuda:sm90"))
     sm80 = backend.candidate_configs(_spec("cuda:sm80", DType.F16, 64), get_target("cuda:sm80"))
     assert sum(bool(c.get("wgmma")) for c in sm90) >= 3 and not any(c.get("wgmma") for c in sm80)
-    # sm90 adds the wgmma configs and mma.sync's overlap (timed on sm90 only).
-    assert [c for c in sm90 if not c.get("wgmma") and not c.get("overlap")] == sm80
+    assert [c for c in sm90 if not c.get("wgmma")] == sm80
 
 
 def test_two_row_tiles_a_warp_only_for_narrow_heads():
@@ -361,9 +357,8 @@ def test_only_single_literals_count_as_constants(expr, value):
     assert literal_value(expr) == value
 
 
-@pytest.mark.parametrize("config", [None, {"block_q": 128, "block_k": 64, "wgmma": True, "overlap": True},
-                                    {"block_q": 128, "block_k": 64, "overlap": True}],
-                         ids=["mma", "wgmma-overlap", "mma-overlap"])
+@pytest.mark.parametrize("config", [None, {"block_q": 128, "block_k": 64, "wgmma": True, "overlap": True}],
+                         ids=["mma", "wgmma-overlap"])
 def test_head_dims_whose_rows_do_not_split_the_threads_compile(tmp_path, config):
     """D = 48, 96 and 112 take the tensor-core path with 6, 12 and 14 16-byte
     chunks a row, which 128 or 256 threads do not divide evenly: the tile loads
@@ -378,30 +373,4 @@ def test_head_dims_whose_rows_do_not_split_the_threads_compile(tmp_path, config)
                            single_tu=True)
     source = (built.dir / "build" / "kernels.cu").read_text()
     assert source.count("// ---- tensor-core path") == 3
-    assert ("wgmma.mma_async" in source) == bool(config and config.get("wgmma"))
-
-
-@pytest.mark.parametrize("config", [{"block_q": 64, "block_k": 64, "overlap": True},
-                                    {"block_q": 128, "block_k": 64, "overlap": True}], ids=["64x64", "128x64"])
-def test_mma_overlap_compiles_without_spills(tmp_path, config):
-    """mma.sync with block j - 1's P V behind block j's S: three stages in dynamic shared memory (opted in), the
-    previous P in registers, with a padding mask (staged with the keys), a mask row per query and none; no
-    spills, no wgmma."""
-    _need("nvcc")
-    batch = IntVar("batch", 1, 8)
-    cases = (("b11k", False), ("b11k", True), ("bhqk", False), (None, True))
-    graph = lb.graph("attention_mma_overlap", *[
-        (lambda b, mask=mask, causal=causal: add_attention(b, DType.F16, "bshd", d=64, sq=150, sk=211, batch=batch,
-                                                           mask=mask, causal=causal, p=f"{mask}_{causal}."))
-        for mask, causal in cases])
-    built = lb.build_local(graph, "cuda:sm90", tmp_path / "a", configs={"attention": config}, single_tu=True)
-    source = (built.dir / "build" / "kernels.cu").read_text()
-    assert "wgmma.mma_async" not in source and "static_assert(false" not in source
-    assert source.count("cudaFuncAttributeMaxDynamicSharedMemorySize") == 2 * len(cases)
-    assert source.count("stages=3 mask a stage=64") == 2 and source.count("stages=3 mask a stage=0") == 2
-    ptxas = subprocess.run(["nvcc", *get_backend("cuda").flags(get_target("cuda:sm90")),
-                            "-Xptxas", "-v", "-c", str(built.dir / "build" / "kernels.cu"), "-o", str(tmp_path / "k.o")],
-                           capture_output=True, text=True)
-    assert ptxas.returncode == 0, ptxas.stderr[-2000:]
-    spills = [line for line in ptxas.stderr.splitlines() if "bytes spill stores" in line]
-    assert spills and all(line.startswith("    0 bytes stack frame, 0 bytes spill stores") for line in spills), spills
+    assert ("wgmma.mma_async" in source) == bool(config)

@@ -172,18 +172,14 @@ def test_every_candidate_config_agrees(tmp_path, dtype, d):
 WGMMA = {"sync": ({"block_q": 64, "block_k": 64, "wgmma": True},
                   {"block_q": 128, "block_k": 64, "wgmma": True, "min_blocks": 2}),
          "overlap": ({"block_q": 64, "block_k": 64, "wgmma": True, "overlap": True},
-                     {"block_q": 128, "block_k": 64, "wgmma": True, "overlap": True}),
-         # Not wgmma: mma.sync with the same three-stage deferral of P V (one and two warpgroups' worth of rows).
-         "mma_overlap": ({"block_q": 64, "block_k": 64, "overlap": True},
-                         {"block_q": 128, "block_k": 64, "overlap": True})}
+                     {"block_q": 128, "block_k": 64, "wgmma": True, "overlap": True})}
 
 
 @pytest.mark.parametrize("dtype", HALVES)
 @pytest.mark.parametrize("variant", list(WGMMA))
 def test_wgmma_path_on_every_layout_mask_and_edge(tmp_path, dtype, variant):
     """Hopper's warpgroup-MMA path pinned (P V waited for at once, or left
-    running under the next block's softmax with three K/V stages), and the
-    mma.sync path with that same deferral (mma_overlap): every
+    running under the next block's softmax with three K/V stages): every
     layout x mask x causal at D = 64 with two warpgroups a CTA, and every edge
     case (SQ != SK, rows that see no key, D from 16 to 128, DV != D, one key)
     with one. Ops of the SIMT path in the same graphs ignore the pin."""
@@ -201,12 +197,11 @@ def test_wgmma_path_on_every_layout_mask_and_edge(tmp_path, dtype, variant):
 
 
 @pytest.mark.parametrize("dtype", HALVES)
-@pytest.mark.parametrize("config", [None, WGMMA["sync"][1], WGMMA["overlap"][1], WGMMA["mma_overlap"][1]],
-                         ids=["mma", "wgmma", "overlap", "mma_overlap"])
+@pytest.mark.parametrize("config", [None, WGMMA["sync"][1], WGMMA["overlap"][1]], ids=["mma", "wgmma", "overlap"])
 def test_unaligned_pointers_take_the_plain_load_path(tmp_path, dtype, config):
     """Tensors 2 bytes off a 16-byte boundary: cp.async cannot move them, so the
     kernel must notice and load them element by element (same answer), on the
-    default path, both wgmma variants and mma.sync's overlap."""
+    default path and on both wgmma variants."""
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("torch has no CUDA device")
