@@ -19,6 +19,7 @@
 # CUTLASS headers: carry .cutlass (a copy of the nvidia-cutlass wheel's source/) or .gpu/cutlass.tgz (it packed).
 # Pure-Python wheels the box lacks (pytest-xdist, for PYTEST_ARGS="-n 8") travel in .gpu/wheels.
 # SAVE_OBJECTS=1 / INDUCTOR_CACHE=1 bring compiled objects / torch.compile caches back for the next call.
+# PACK=1 returns $OUT as one results.tgz (the device tool brings back at most 8 files).
 # Results land in $OUT (the device tool brings them back): logs and JSON.
 set -uo pipefail
 if compgen -G ".gpu/wheels/*.whl" >/dev/null; then
@@ -129,5 +130,11 @@ fi
 if [ -n "${INDUCTOR_CACHE:-}" ] && [ -d .gpu/inductor ]; then
   (cd .gpu/inductor && tar -czf - .) | split -b 15M - "$OUT/inductor.tgz.part-"
   ls -l "$OUT"/inductor.tgz.part-*
+fi
+# PACK=1: everything under $OUT as one results.tgz (the device tool returns at most 8 files a call, so a call with
+# several stages lost its test log in s11). Unpack with tar -xzf results.tgz.
+if [ -n "${PACK:-}" ]; then
+  tar -czf /tmp/kiln_results.tgz -C "$OUT" . && find "$OUT" -mindepth 1 -delete && mv /tmp/kiln_results.tgz "$OUT/results.tgz"
+  ls -l "$OUT/results.tgz"
 fi
 exit $status
