@@ -4,7 +4,8 @@ time goes) and `compute-sanitizer` (racecheck, memcheck, synccheck), which
 bench/gpu_check.sh runs as its `ncu` and `sanitize` stages.
 
 Ops: BERT-base's attention (bs3hd, a key-padding mask, S = 384, H = 12,
-D = 64), its FFN-up (x[B*384, 768] @ w[3072, 768]^T + bias, erf GELU), and
+D = 64), its FFN-up (x[B*384, 768] @ w[3072, 768]^T + bias, erf GELU; --no-gelu: bias
+alone, the same GEMM without that epilogue), and
 ResNet-50's stem as one patch_linear (batch x 3 x 224 x 224, NCHW).
 The first run is checked against the float64 reference, so a sanitizer run
 also says the answer was right. Run on an H100/H200:
@@ -41,14 +42,15 @@ def attention_graph(max_batch: int) -> Graph:
     return b.build(b.op("attention", [qkv, mask], AttentionAttrs(D ** -0.5, False, True, "bs3hd")))
 
 
-def ffn_up_graph(max_batch: int) -> Graph:
+def ffn_up_graph(max_batch: int, gelu_epilogue: bool = True) -> Graph:
     b = GraphBuilder("probe_ffn_up")
     rows = IntVar("batch", 1, max_batch * S)
     rng = np.random.default_rng(3)
     x = b.input("x", (rows, HIDDEN), DType.F16)
     w = b.constant("w", rng.uniform(-1, 1, (FFN, HIDDEN)) / np.sqrt(HIDDEN), DType.F16)
     bias = b.constant("bias", rng.uniform(-1, 1, FFN), DType.F16)
-    return b.build(gelu(linear(x, w, bias)))
+    y = linear(x, w, bias)
+    return b.build(gelu(y) if gelu_epilogue else y)
 
 
 def main() -> None:
@@ -56,6 +58,8 @@ def main() -> None:
     p.add_argument("--op", choices=("attention", "ffn_up", "stem"), default="attention")
     p.add_argument("--config", default="", help="JSON config pinned for the op (default: the backend's default)")
     p.add_argument("--batch", type=int, default=8, help="BERT batch (ffn_up: batch x 384 rows)")
+    p.add_argument("--no-gelu", action="store_true",
+                   help="ffn_up with its bias alone: the GEMM without the erf GELU epilogue, to set beside it")
     p.add_argument("--runs", type=int, default=3, help="runs after the checked one")
     p.add_argument("--target", default=TARGET, help="cpu checks the script itself on a machine without a GPU")
     args = p.parse_args()
@@ -63,7 +67,7 @@ def main() -> None:
         rng = np.random.default_rng(0)
         graph = stem_graph(rng.uniform(-1, 1, (64, 7, 7, 3)) / np.sqrt(147), rng.uniform(-0.5, 0.5, 64))
     else:
-        graph = attention_graph(args.batch) if args.op == "attention" else ffn_up_graph(args.batch)
+        graph = attention_graph(args.batch) if args.op == "attention" else ffn_up_graph(args.batch, not args.no_gelu)
     op = {"attention": "attention", "ffn_up": "linear", "stem": "patch_linear"}[args.op]
     configs = {op: json.loads(args.config)} if args.config else None
     built = lb.build_local(graph, args.target, Path(tempfile.mkdtemp(prefix="kiln-probe-")), configs)
