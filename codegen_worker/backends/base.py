@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import re
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -57,6 +58,7 @@ def template_env() -> jinja2.Environment:
                              keep_trailing_newline=True)
     env.filters["cident"] = cident
     env.filters["clabel"] = clabel
+    env.globals["attention_layout"] = attention_layout
     return env
 
 
@@ -277,39 +279,52 @@ SM90_DYNAMIC_SMEM_BYTES = get_target("cuda:sm90").opt_in_smem_per_block
 SM90_SMEM_PER_SM = 233472
 
 
-def attention_mma_smem_bytes(d: int, dv: int, block_q: int, block_k: int, wgmma: bool = False,
-                             overlap: bool = False, mask_block: bool = False) -> int:
-    """Shared memory of gpu/attention.j2's tensor-core path: padded K/V
-    stages (two when they fit in 48 KiB, else one) and the Q tile, beside them
-    when all fit in 48 KiB, else aliasing them. The wgmma path keeps unpadded
-    tiles and Q always beside them (the MMA reads it from shared memory); with
-    overlap, three stages in dynamic shared memory. mask_block (a mask row
-    shared by every query, keys contiguous): each stage also carries the key
-    block's mask values, unless that would cost a stage, Q's own tile or static
-    shared memory past 48 KiB."""
-    return 2 * _attention_layout(d, dv, block_q, block_k, wgmma, overlap, mask_block)[0]
+@dataclass(frozen=True)
+class AttentionLayout:
+    """Shared memory of gpu/attention.j2's tensor-core path, in elements. A stage holds a key block's K rows (ldk
+    apart), its V rows (ldv apart) and, when `mask` > 0, its `mask` mask values; `stages` of them, then the Q tile
+    (block_q rows, ldk apart) beside them when qsep, else aliasing them."""
+    ldk: int
+    ldv: int
+    stage: int
+    stages: int
+    qsep: bool
+    mask: int
+    smem: int
 
 
-def _attention_layout(d: int, dv: int, block_q: int, block_k: int, wgmma: bool, overlap: bool,
-                      mask_block: bool) -> tuple[int, int]:
-    """(shared-memory elements, mask elements a stage) as the template lays them out."""
-    def layout(ms: int) -> tuple[int, bool, int]:
+def attention_layout(d: int, dv: int, block_q: int, block_k: int, wgmma: bool = False, overlap: bool = False,
+                     mask_block: bool = False) -> AttentionLayout:
+    """The one place the layout is decided: the template renders it, fits counts it. The mma.sync path pads rows by
+    16 bytes and keeps two stages when they fit in 48 KiB, else one; Q gets its own tile when it fits beside them.
+    The wgmma path keeps unpadded tiles and Q always beside them (the MMA reads it from shared memory); with
+    overlap, three stages in dynamic shared memory. mask_block (a mask row shared by every query, keys
+    contiguous): each stage also carries the key block's mask values, unless that would cost a stage, Q's own
+    tile or static shared memory past 48 KiB."""
+    def layout(ms: int) -> AttentionLayout:
         if wgmma or overlap:
             stage = block_k * (d + dv) + ms
             stages = 3 if overlap else (2 if 2 * (block_q * d + 2 * stage) <= 48 * 1024 else 1)
-            return stages, True, block_q * d + stages * stage
-        stage = block_k * (d + 8 + dv + 8) + ms
+            return AttentionLayout(d, dv, stage, stages, True, ms, block_q * d + stages * stage)
+        ldk, ldv = d + 8, dv + 8
+        stage = block_k * (ldk + ldv) + ms
         stages = 2 if 2 * stage * 2 <= 48 * 1024 else 1
-        q_tile = block_q * (d + 8)
+        q_tile = block_q * ldk
         qsep = 2 * (q_tile + stages * stage) <= 48 * 1024
-        return stages, qsep, (q_tile + stages * stage) if qsep else max(q_tile, stages * stage)
+        return AttentionLayout(ldk, ldv, stage, stages, qsep, ms,
+                               q_tile + stages * stage if qsep else max(q_tile, stages * stage))
 
     plain = layout(0)
     if mask_block:
         staged = layout(block_k)
-        if staged[:2] == plain[:2] and (overlap or 2 * staged[2] <= 48 * 1024):
-            return staged[2], block_k
-    return plain[2], 0
+        if (staged.stages, staged.qsep) == (plain.stages, plain.qsep) and (overlap or 2 * staged.smem <= 48 * 1024):
+            return staged
+    return plain
+
+
+def attention_mma_smem_bytes(d: int, dv: int, block_q: int, block_k: int, wgmma: bool = False,
+                             overlap: bool = False, mask_block: bool = False) -> int:
+    return 2 * attention_layout(d, dv, block_q, block_k, wgmma, overlap, mask_block).smem
 
 
 def first_line(cmd: list[str], env: dict[str, str] | None = None, last: bool = False) -> str:
