@@ -242,18 +242,24 @@ class GpuBackend(Backend):
         bq, bk, rows = int(config["block_q"]), int(config["block_k"]), int(config.get("warp_rows", 16))
         min_blocks = int(config.get("min_blocks", 1))
         wgmma, overlap = bool(config.get("wgmma")), bool(config.get("overlap"))
+        stages, lean = int(config.get("stages", 0)), bool(config.get("lean"))
         if wgmma or overlap:
             # Hopper's warpgroup MMA: 64 query rows a warpgroup, one row tile a warp, S = m64n{block_k}.
-            if target.arch != "sm90" or not wgmma or rows != 16 or bq % 64 or not 16 <= bk <= 256:
+            if target.arch != "sm90" or not wgmma or rows != 16 or bq % 64 or not 16 <= bk <= 256 or stages or lean:
                 return False
-        if not 1 <= min_blocks * (bq // rows) * 32 <= target.max_threads_per_sm:
+        if not 1 <= min_blocks * (bq // rows) * 32 <= target.max_threads_per_sm or stages not in (0, 1, 2):
             return False
-        if rows not in (16, 32) or (rows == 32 and max(ctx["D"], ctx["DV"], bk) > 64):
-            return False  # two row tiles a warp double its S, P and O registers: past 64 they spill
-        smem = attention_mma_smem_bytes(ctx["D"], ctx["DV"], bq, bk, wgmma, overlap, attention_mask_block(ctx))
-        if overlap:
-            # Three K/V stages in dynamic shared memory (opted in past 48 KiB); min_blocks CTAs must fit an SM's
-            # 228 KiB, 1 KiB of it reserved per block, or the register cap only buys spills.
+        # Two row tiles a warp double its S, P and O registers: past 64 they spill, unless the warp holds neither
+        # Q nor the mask (lean), which leaves room for FlashAttention-2's 32 x 128 scores a warp.
+        if rows not in (16, 32) or (rows == 32 and (max(ctx["D"], ctx["DV"]) > 64 or bk > (128 if lean else 64))):
+            return False
+        mask_block = attention_mask_block(ctx)
+        if lean and not attention_layout(ctx["D"], ctx["DV"], bq, bk, mask_block=mask_block, stages=stages).qsep:
+            return False  # lean re-reads Q from its own tile
+        smem = attention_mma_smem_bytes(ctx["D"], ctx["DV"], bq, bk, wgmma, overlap, mask_block, stages)
+        if overlap or (stages and smem > target.smem_per_block):
+            # Dynamic shared memory (opted in past 48 KiB); min_blocks CTAs must fit an SM's 228 KiB, 1 KiB of it
+            # reserved per block, or the register cap only buys spills.
             fits_smem = smem <= target.opt_in_smem_per_block and min_blocks * (smem + 1024) <= SM90_SMEM_PER_SM
         else:
             fits_smem = smem <= target.smem_per_block
@@ -294,13 +300,20 @@ class AttentionLayout:
 
 
 def attention_layout(d: int, dv: int, block_q: int, block_k: int, wgmma: bool = False, overlap: bool = False,
-                     mask_block: bool = False) -> AttentionLayout:
+                     mask_block: bool = False, stages: int = 0) -> AttentionLayout:
     """The one place the layout is decided: the template renders it, fits counts it. The mma.sync path pads rows by
     16 bytes and keeps two stages when they fit in 48 KiB, else one; Q gets its own tile when it fits beside them.
     The wgmma path keeps unpadded tiles and Q always beside them (the MMA reads it from shared memory); with
     overlap, three stages in dynamic shared memory. mask_block (a mask row shared by every query, keys
     contiguous): each stage also carries the key block's mask values, unless that would cost a stage, Q's own
-    tile or static shared memory past 48 KiB."""
+    tile or static shared memory past 48 KiB. stages (mma.sync path; 0: that 48 KiB rule) pins the number of K/V
+    stages, with Q beside them and the mask in every stage, in dynamic shared memory where past 48 KiB: two
+    128-key stages are what FlashAttention-2's 128x128 tile needs, and 48 KiB holds only one."""
+    if stages and not (wgmma or overlap):
+        ldk, ldv, ms = d + 8, dv + 8, block_k if mask_block else 0
+        stage = block_k * (ldk + ldv) + ms
+        return AttentionLayout(ldk, ldv, stage, stages, True, ms, block_q * ldk + stages * stage)
+
     def layout(ms: int) -> AttentionLayout:
         if wgmma or overlap:
             stage = block_k * (d + dv) + ms
@@ -323,8 +336,8 @@ def attention_layout(d: int, dv: int, block_q: int, block_k: int, wgmma: bool = 
 
 
 def attention_mma_smem_bytes(d: int, dv: int, block_q: int, block_k: int, wgmma: bool = False,
-                             overlap: bool = False, mask_block: bool = False) -> int:
-    return 2 * attention_layout(d, dv, block_q, block_k, wgmma, overlap, mask_block).smem
+                             overlap: bool = False, mask_block: bool = False, stages: int = 0) -> int:
+    return 2 * attention_layout(d, dv, block_q, block_k, wgmma, overlap, mask_block, stages).smem
 
 
 def first_line(cmd: list[str], env: dict[str, str] | None = None, last: bool = False) -> str:

@@ -53,9 +53,16 @@ class CudaBackend(GpuBackend):
                                      {"block_q": 128, "block_k": 64, "warp_rows": 32},
                                      {"block_q": 64, "block_k": 64, "warp_rows": 32},
                                      # At most 96 registers, 5 CTAs an SM (ptxas spills ~50 bytes at D = 64).
-                                     {"block_q": 64, "block_k": 32, "min_blocks": 5}]}
-    # Attention keeps its seven mma.sync configs and three wgmma ones beside the default.
-    op_max_candidates = {"attention": 11}
+                                     {"block_q": 64, "block_k": 32, "min_blocks": 5},
+                                     # Lean: Q and the mask read from shared memory where used, two K/V stages
+                                     # (dynamic shared memory past 48 KiB). FlashAttention-2's 32 x 128 a warp,
+                                     # and 16 rows a warp at 128 registers: two 8-warp CTAs an SM.
+                                     {"block_q": 128, "block_k": 128, "warp_rows": 32, "lean": True, "stages": 2},
+                                     {"block_q": 128, "block_k": 128, "lean": True, "stages": 2},
+                                     {"block_q": 128, "block_k": 64, "lean": True, "stages": 2},
+                                     {"block_q": 128, "block_k": 64, "warp_rows": 32, "lean": True, "stages": 2}]}
+    # Attention keeps its eleven mma.sync configs and three wgmma ones beside the default.
+    op_max_candidates = {"attention": 15}
 
     @functools.cache  # noqa: B019
     def toolchain_version(self) -> str:

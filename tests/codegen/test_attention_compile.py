@@ -124,8 +124,9 @@ def test_mma_candidates_fit_the_smem_limit(d):
     cands = backend.candidate_configs(spec, target)
     assert cands[0] == backend.default_config(spec, target) and len(cands) >= 3
     for c in cands:
-        smem = attention_mma_smem_bytes(d, d, c["block_q"], c["block_k"], bool(c.get("wgmma")), bool(c.get("overlap")))
-        assert smem <= (SM90_DYNAMIC_SMEM_BYTES if c.get("overlap") else target.smem_per_block)
+        smem = attention_mma_smem_bytes(d, d, c["block_q"], c["block_k"], bool(c.get("wgmma")), bool(c.get("overlap")),
+                                        stages=c.get("stages", 0))
+        assert smem <= (SM90_DYNAMIC_SMEM_BYTES if c.get("overlap") or c.get("stages") else target.smem_per_block)
     # 128-query blocks of 128-wide heads with 128-key blocks would need 2 x 69,632 bytes: never offered.
     assert not backend.fits(spec, target, {"block_q": 64, "block_k": 256})
     assert not backend.fits(spec, target, {"block_q": 40, "block_k": 64})
@@ -146,7 +147,7 @@ def test_rendered_layout_is_the_one_fits_counts(d, mask):
         got = re.search(r"stages=(\d+) mask a stage=(\d+) smem=(\d+) B", src)
         assert got, c
         smem = attention_mma_smem_bytes(d, d, c["block_q"], c["block_k"], bool(c.get("wgmma")),
-                                        bool(c.get("overlap")), mask_block=mask == "b11k")
+                                        bool(c.get("overlap")), mask_block=mask == "b11k", stages=c.get("stages", 0))
         assert int(got.group(3)) == smem, c
         staged.append(int(got.group(2)) > 0)
         if mask != "b11k":

@@ -173,17 +173,24 @@ WGMMA = {"sync": ({"block_q": 64, "block_k": 64, "wgmma": True},
                   {"block_q": 128, "block_k": 64, "wgmma": True, "min_blocks": 2}),
          "overlap": ({"block_q": 64, "block_k": 64, "wgmma": True, "overlap": True},
                      {"block_q": 128, "block_k": 64, "wgmma": True, "overlap": True})}
+# The lean mma.sync path (Q and the mask read from shared memory where used, two K/V stages in dynamic shared
+# memory): FlashAttention-2's 32 x 128 a warp, and 16 rows a warp.
+LEAN = {"lean_flash2": ({"block_q": 64, "block_k": 128, "lean": True, "stages": 2},
+                        {"block_q": 128, "block_k": 128, "warp_rows": 32, "lean": True, "stages": 2}),
+        "lean_rows16": ({"block_q": 64, "block_k": 64, "lean": True, "stages": 2},
+                        {"block_q": 128, "block_k": 64, "lean": True, "stages": 2})}
 
 
 @pytest.mark.parametrize("dtype", HALVES)
-@pytest.mark.parametrize("variant", list(WGMMA))
-def test_wgmma_path_on_every_layout_mask_and_edge(tmp_path, dtype, variant):
+@pytest.mark.parametrize("variant", [*WGMMA, *LEAN])
+def test_pinned_variant_on_every_layout_mask_and_edge(tmp_path, dtype, variant):
     """Hopper's warpgroup-MMA path pinned (P V waited for at once, or left
-    running under the next block's softmax with three K/V stages): every
-    layout x mask x causal at D = 64 with two warpgroups a CTA, and every edge
-    case (SQ != SK, rows that see no key, D from 16 to 128, DV != D, one key)
-    with one. Ops of the SIMT path in the same graphs ignore the pin."""
-    one_wg, two_wg = WGMMA[variant]
+    running under the next block's softmax with three K/V stages), and the
+    lean mma.sync path: every layout x mask x causal at D = 64 with the larger
+    config, and every edge case (SQ != SK, rows that see no key, D from 16 to
+    128, DV != D, one key, masks per query, per batch, broadcast along keys)
+    with the smaller. Ops of the SIMT path in the same graphs ignore the pin."""
+    one_wg, two_wg = (WGMMA | LEAN)[variant]
     adds = [(lambda b, layout=layout, mask=mask, causal=causal: add_attention(
                 b, dtype, layout, d=64, sq=77, sk=77 if causal or layout == "bs3hd" else 50, batch=BATCH,
                 mask=mask, causal=causal, p=case_name(dtype, layout, 64, mask, causal)))
@@ -197,7 +204,8 @@ def test_wgmma_path_on_every_layout_mask_and_edge(tmp_path, dtype, variant):
 
 
 @pytest.mark.parametrize("dtype", HALVES)
-@pytest.mark.parametrize("config", [None, WGMMA["sync"][1], WGMMA["overlap"][1]], ids=["mma", "wgmma", "overlap"])
+@pytest.mark.parametrize("config", [None, WGMMA["sync"][1], WGMMA["overlap"][1], LEAN["lean_flash2"][1]],
+                         ids=["mma", "wgmma", "overlap", "lean"])
 def test_unaligned_pointers_take_the_plain_load_path(tmp_path, dtype, config):
     """Tensors 2 bytes off a 16-byte boundary: cp.async cannot move them, so the
     kernel must notice and load them element by element (same answer), on the
