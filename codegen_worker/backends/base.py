@@ -243,11 +243,20 @@ class GpuBackend(Backend):
         min_blocks = int(config.get("min_blocks", 1))
         wgmma, overlap = bool(config.get("wgmma")), bool(config.get("overlap"))
         stages, lean = int(config.get("stages", 0)), bool(config.get("lean"))
+        producer = bool(config.get("producer"))
         if wgmma or overlap:
             # Hopper's warpgroup MMA: 64 query rows a warpgroup, one row tile a warp, S = m64n{block_k}.
-            if target.arch != "sm90" or not wgmma or rows != 16 or bq % 64 or not 16 <= bk <= 256 or stages or lean:
+            if target.arch != "sm90" or not wgmma or rows != 16 or bq % 64 or not 16 <= bk <= 256 or lean:
                 return False
-        if not 1 <= min_blocks * (bq // rows) * 32 <= target.max_threads_per_sm or stages not in (0, 1, 2):
+            # The warp-specialized variant (a producer warp) takes 2 to 4 stages and nothing else pins them.
+            if (producer and (overlap or not 2 <= stages <= 4)) or (stages and not producer):
+                return False
+        elif producer:
+            return False
+        threads = (bq // rows) * 32 + (32 if producer else 0)
+        if not 1 <= min_blocks * threads <= target.max_threads_per_sm or stages not in (0, 1, 2, 3, 4):
+            return False
+        if stages > 2 and not producer:
             return False
         # Two row tiles a warp double its S, P and O registers: past 64 they spill, unless the warp holds neither
         # Q nor the mask (lean), which leaves room for FlashAttention-2's 32 x 128 scores a warp.
@@ -256,15 +265,15 @@ class GpuBackend(Backend):
         mask_block = attention_mask_block(ctx)
         if lean and not attention_layout(ctx["D"], ctx["DV"], bq, bk, mask_block=mask_block, stages=stages).qsep:
             return False  # lean re-reads Q from its own tile
-        smem = attention_mma_smem_bytes(ctx["D"], ctx["DV"], bq, bk, wgmma, overlap, mask_block, stages)
-        if overlap or (stages and smem > target.smem_per_block):
+        smem = attention_mma_smem_bytes(ctx["D"], ctx["DV"], bq, bk, wgmma, overlap, mask_block, stages, producer)
+        if overlap or producer or (stages and smem > target.smem_per_block):
             # Dynamic shared memory (opted in past 48 KiB); min_blocks CTAs must fit an SM's 228 KiB, 1 KiB of it
             # reserved per block, or the register cap only buys spills.
             fits_smem = smem <= target.opt_in_smem_per_block and min_blocks * (smem + 1024) <= SM90_SMEM_PER_SM
         else:
             fits_smem = smem <= target.smem_per_block
         return (bq > 0 and bk > 0 and bq % rows == 0 and bk % 16 == 0
-                and (bq // rows) * 32 <= target.max_threads_per_block and fits_smem)
+                and threads <= target.max_threads_per_block and fits_smem)
 
 
 def attention_mask_block(ctx: dict[str, Any]) -> bool:
@@ -300,7 +309,7 @@ class AttentionLayout:
 
 
 def attention_layout(d: int, dv: int, block_q: int, block_k: int, wgmma: bool = False, overlap: bool = False,
-                     mask_block: bool = False, stages: int = 0) -> AttentionLayout:
+                     mask_block: bool = False, stages: int = 0, producer: bool = False) -> AttentionLayout:
     """The one place the layout is decided: the template renders it, fits counts it. The mma.sync path pads rows by
     16 bytes and keeps two stages when they fit in 48 KiB, else one; Q gets its own tile when it fits beside them.
     The wgmma path keeps unpadded tiles and Q always beside them (the MMA reads it from shared memory); with
@@ -308,7 +317,8 @@ def attention_layout(d: int, dv: int, block_q: int, block_k: int, wgmma: bool = 
     contiguous): each stage also carries the key block's mask values, unless that would cost a stage, Q's own
     tile or static shared memory past 48 KiB. stages (mma.sync path; 0: that 48 KiB rule) pins the number of K/V
     stages, with Q beside them and the mask in every stage, in dynamic shared memory where past 48 KiB: two
-    128-key stages are what FlashAttention-2's 128x128 tile needs, and 48 KiB holds only one."""
+    128-key stages are what FlashAttention-2's 128x128 tile needs, and 48 KiB holds only one. producer (wgmma,
+    warp-specialized): `stages` stages in dynamic shared memory, each with its mask values."""
     if stages and not (wgmma or overlap):
         ldk, ldv, ms = d + 8, dv + 8, block_k if mask_block else 0
         stage = block_k * (ldk + ldv) + ms
@@ -317,27 +327,28 @@ def attention_layout(d: int, dv: int, block_q: int, block_k: int, wgmma: bool = 
     def layout(ms: int) -> AttentionLayout:
         if wgmma or overlap:
             stage = block_k * (d + dv) + ms
-            stages = 3 if overlap else (2 if 2 * (block_q * d + 2 * stage) <= 48 * 1024 else 1)
-            return AttentionLayout(d, dv, stage, stages, True, ms, block_q * d + stages * stage)
+            n = stages if producer else 3 if overlap else (2 if 2 * (block_q * d + 2 * stage) <= 48 * 1024 else 1)
+            return AttentionLayout(d, dv, stage, n, True, ms, block_q * d + n * stage)
         ldk, ldv = d + 8, dv + 8
         stage = block_k * (ldk + ldv) + ms
-        stages = 2 if 2 * stage * 2 <= 48 * 1024 else 1
+        n = 2 if 2 * stage * 2 <= 48 * 1024 else 1
         q_tile = block_q * ldk
-        qsep = 2 * (q_tile + stages * stage) <= 48 * 1024
-        return AttentionLayout(ldk, ldv, stage, stages, qsep, ms,
-                               q_tile + stages * stage if qsep else max(q_tile, stages * stage))
+        qsep = 2 * (q_tile + n * stage) <= 48 * 1024
+        return AttentionLayout(ldk, ldv, stage, n, qsep, ms, q_tile + n * stage if qsep else max(q_tile, n * stage))
 
     plain = layout(0)
     if mask_block:
         staged = layout(block_k)
-        if (staged.stages, staged.qsep) == (plain.stages, plain.qsep) and (overlap or 2 * staged.smem <= 48 * 1024):
+        if (staged.stages, staged.qsep) == (plain.stages, plain.qsep) and (overlap or producer
+                                                                           or 2 * staged.smem <= 48 * 1024):
             return staged
     return plain
 
 
 def attention_mma_smem_bytes(d: int, dv: int, block_q: int, block_k: int, wgmma: bool = False,
-                             overlap: bool = False, mask_block: bool = False, stages: int = 0) -> int:
-    return 2 * attention_layout(d, dv, block_q, block_k, wgmma, overlap, mask_block, stages).smem
+                             overlap: bool = False, mask_block: bool = False, stages: int = 0,
+                             producer: bool = False) -> int:
+    return 2 * attention_layout(d, dv, block_q, block_k, wgmma, overlap, mask_block, stages, producer).smem
 
 
 def first_line(cmd: list[str], env: dict[str, str] | None = None, last: bool = False) -> str:

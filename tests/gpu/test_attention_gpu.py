@@ -179,10 +179,17 @@ LEAN = {"lean_flash2": ({"block_q": 64, "block_k": 128, "lean": True, "stages": 
                         {"block_q": 128, "block_k": 128, "warp_rows": 32, "lean": True, "stages": 2}),
         "lean_rows16": ({"block_q": 64, "block_k": 64, "lean": True, "stages": 2},
                         {"block_q": 128, "block_k": 64, "lean": True, "stages": 2})}
+# The warp-specialized wgmma path: a producer warpgroup fills a ring of K/V stages (mbarriers), one consumer
+# warpgroup, or two taking turns at the score MMA.
+PRODUCER = {"producer": ({"block_q": 64, "block_k": 64, "wgmma": True, "producer": True, "stages": 2},
+                         {"block_q": 128, "block_k": 128, "wgmma": True, "producer": True, "stages": 2}),
+            "producer_3wg": ({"block_q": 64, "block_k": 64, "wgmma": True, "producer": True, "stages": 4},
+                             {"block_q": 192, "block_k": 64, "wgmma": True, "producer": True, "stages": 3})}
+PINNED = WGMMA | LEAN | PRODUCER
 
 
 @pytest.mark.parametrize("dtype", HALVES)
-@pytest.mark.parametrize("variant", [*WGMMA, *LEAN])
+@pytest.mark.parametrize("variant", list(PINNED))
 def test_pinned_variant_on_every_layout_mask_and_edge(tmp_path, dtype, variant):
     """Hopper's warpgroup-MMA path pinned (P V waited for at once, or left
     running under the next block's softmax with three K/V stages), and the
@@ -190,7 +197,7 @@ def test_pinned_variant_on_every_layout_mask_and_edge(tmp_path, dtype, variant):
     config, and every edge case (SQ != SK, rows that see no key, D from 16 to
     128, DV != D, one key, masks per query, per batch, broadcast along keys)
     with the smaller. Ops of the SIMT path in the same graphs ignore the pin."""
-    one_wg, two_wg = (WGMMA | LEAN)[variant]
+    one_wg, two_wg = PINNED[variant]
     adds = [(lambda b, layout=layout, mask=mask, causal=causal: add_attention(
                 b, dtype, layout, d=64, sq=77, sk=77 if causal or layout == "bs3hd" else 50, batch=BATCH,
                 mask=mask, causal=causal, p=case_name(dtype, layout, 64, mask, causal)))
@@ -204,8 +211,8 @@ def test_pinned_variant_on_every_layout_mask_and_edge(tmp_path, dtype, variant):
 
 
 @pytest.mark.parametrize("dtype", HALVES)
-@pytest.mark.parametrize("config", [None, WGMMA["sync"][1], WGMMA["overlap"][1], LEAN["lean_flash2"][1]],
-                         ids=["mma", "wgmma", "overlap", "lean"])
+@pytest.mark.parametrize("config", [None, WGMMA["sync"][1], WGMMA["overlap"][1], LEAN["lean_flash2"][1],
+                                    PRODUCER["producer"][1]], ids=["mma", "wgmma", "overlap", "lean", "producer"])
 def test_unaligned_pointers_take_the_plain_load_path(tmp_path, dtype, config):
     """Tensors 2 bytes off a 16-byte boundary: cp.async cannot move them, so the
     kernel must notice and load them element by element (same answer), on the
@@ -243,7 +250,8 @@ def test_unaligned_pointers_take_the_plain_load_path(tmp_path, dtype, config):
 
 
 @pytest.mark.parametrize("dtype", HALVES)
-@pytest.mark.parametrize("config", [None, WGMMA["overlap"][1]], ids=["mma", "overlap"])
+@pytest.mark.parametrize("config", [None, WGMMA["overlap"][1], PRODUCER["producer"][1]],
+                         ids=["mma", "overlap", "producer"])
 def test_sequence_length_known_only_at_run_time(tmp_path, dtype, config):
     """A length that varies at run time stays a params field while the head and
     position strides become kernel constants: two lengths (neither a multiple
