@@ -328,7 +328,8 @@ def attention_layout(d: int, dv: int, block_q: int, block_k: int, wgmma: bool = 
         if wgmma or overlap:
             stage = block_k * (d + dv) + ms
             n = stages if producer else 3 if overlap else (2 if 2 * (block_q * d + 2 * stage) <= 48 * 1024 else 1)
-            return AttentionLayout(d, dv, stage, n, True, ms, block_q * d + n * stage)
+            # The producer keeps two Q tiles: the next tile's loads while this one's are read.
+            return AttentionLayout(d, dv, stage, n, True, ms, block_q * d * (2 if producer else 1) + n * stage)
         ldk, ldv = d + 8, dv + 8
         stage = block_k * (ldk + ldv) + ms
         n = 2 if 2 * stage * 2 <= 48 * 1024 else 1
