@@ -248,8 +248,9 @@ class GpuBackend(Backend):
             # Hopper's warpgroup MMA: 64 query rows a warpgroup, one row tile a warp, S = m64n{block_k}.
             if target.arch != "sm90" or not wgmma or rows != 16 or bq % 64 or not 16 <= bk <= 256 or lean:
                 return False
-            # The warp-specialized variant (a producer warp) takes 2 to 4 stages and nothing else pins them.
-            if (producer and (overlap or not 2 <= stages <= 4)) or (stages and not producer):
+            # The warp-specialized variant (a producer warpgroup) takes 2 to 4 stages (3 or more with overlap, which
+            # holds two at once) and nothing else pins them.
+            if (producer and not (3 if overlap else 2) <= stages <= 4) or (stages and not producer):
                 return False
         elif producer:
             return False

@@ -179,12 +179,17 @@ LEAN = {"lean_flash2": ({"block_q": 64, "block_k": 128, "lean": True, "stages": 
                         {"block_q": 128, "block_k": 128, "warp_rows": 32, "lean": True, "stages": 2}),
         "lean_rows16": ({"block_q": 64, "block_k": 64, "lean": True, "stages": 2},
                         {"block_q": 128, "block_k": 64, "lean": True, "stages": 2})}
-# The warp-specialized wgmma path: a producer warpgroup fills a ring of K/V stages (mbarriers), one consumer
-# warpgroup, or two taking turns at the score MMA.
+# The warp-specialized wgmma path (persistent): a producer warpgroup fills a ring of K/V stages (mbarriers) for
+# one consumer warpgroup, two taking turns at the score MMA, or three; with overlap, each runs block j - 1's P V
+# under block j's softmax.
 PRODUCER = {"producer": ({"block_q": 64, "block_k": 64, "wgmma": True, "producer": True, "stages": 2},
                          {"block_q": 128, "block_k": 128, "wgmma": True, "producer": True, "stages": 2}),
             "producer_3wg": ({"block_q": 64, "block_k": 64, "wgmma": True, "producer": True, "stages": 4},
-                             {"block_q": 192, "block_k": 64, "wgmma": True, "producer": True, "stages": 3})}
+                             {"block_q": 192, "block_k": 64, "wgmma": True, "producer": True, "stages": 3}),
+            "producer_overlap": ({"block_q": 64, "block_k": 64, "wgmma": True, "producer": True, "stages": 3,
+                                  "overlap": True},
+                                 {"block_q": 192, "block_k": 64, "wgmma": True, "producer": True, "stages": 3,
+                                  "overlap": True})}
 PINNED = WGMMA | LEAN | PRODUCER
 
 
