@@ -55,14 +55,21 @@ class CudaBackend(GpuBackend):
                                      # At most 96 registers, 5 CTAs an SM (ptxas spills ~50 bytes at D = 64).
                                      {"block_q": 64, "block_k": 32, "min_blocks": 5},
                                      # Lean: Q and the mask read from shared memory where used, two K/V stages
-                                     # (dynamic shared memory past 48 KiB). FlashAttention-2's 32 x 128 a warp,
-                                     # and 16 rows a warp at 128 registers: two 8-warp CTAs an SM.
-                                     {"block_q": 128, "block_k": 128, "warp_rows": 32, "lean": True, "stages": 2},
-                                     {"block_q": 128, "block_k": 128, "lean": True, "stages": 2},
-                                     {"block_q": 128, "block_k": 64, "lean": True, "stages": 2},
-                                     {"block_q": 128, "block_k": 64, "warp_rows": 32, "lean": True, "stages": 2}]}
-    # Attention keeps its eleven mma.sync configs and three wgmma ones beside the default.
-    op_max_candidates = {"attention": 15}
+                                     # in dynamic shared memory (s12, H200: within 2% of the best mma.sync
+                                     # config at BERT's shapes; its 32 x 128 and 16-row variants were slower).
+                                     {"block_q": 128, "block_k": 64, "warp_rows": 32, "lean": True, "stages": 2},
+                                     # Warp-specialized and persistent: a producer warpgroup fills the K/V ring,
+                                     # three consumer warpgroups (s12, H200: BERT's masked attention at batch 32
+                                     # and 64 fastest, 6% under the best mma.sync config; the overlap variants
+                                     # won at batches 1 and 8 by a few %; two consumer warpgroups lost).
+                                     {"block_q": 192, "block_k": 64, "wgmma": True, "producer": True, "stages": 3},
+                                     {"block_q": 192, "block_k": 128, "wgmma": True, "producer": True, "stages": 2},
+                                     {"block_q": 192, "block_k": 128, "wgmma": True, "producer": True, "stages": 3,
+                                      "overlap": True},
+                                     {"block_q": 192, "block_k": 64, "wgmma": True, "producer": True, "stages": 4,
+                                      "overlap": True}]}
+    # Attention keeps its eight mma.sync configs and seven wgmma ones beside the default.
+    op_max_candidates = {"attention": 16}
 
     @functools.cache  # noqa: B019
     def toolchain_version(self) -> str:
