@@ -252,6 +252,9 @@ class GpuBackend(Backend):
             # holds two at once) and nothing else pins them.
             if (producer and not (3 if overlap else 2) <= stages <= 4) or (stages and not producer):
                 return False
+            # Three consumer warpgroups share 152 registers a thread: past 64-wide heads, O alone spills them.
+            if producer and bq > 128 and max(ctx["D"], ctx["DV"]) > 64:
+                return False
         elif producer:
             return False
         threads = (bq // rows) * 32 + (32 if producer else 0)
@@ -266,7 +269,7 @@ class GpuBackend(Backend):
         mask_block = attention_mask_block(ctx)
         if lean and not attention_layout(ctx["D"], ctx["DV"], bq, bk, mask_block=mask_block, stages=stages).qsep:
             return False  # lean re-reads Q from its own tile
-        smem = attention_mma_smem_bytes(ctx["D"], ctx["DV"], bq, bk, wgmma, overlap, mask_block, stages, producer)
+        smem = attention_config_smem_bytes(ctx["D"], ctx["DV"], config, mask_block)
         if overlap or producer or (stages and smem > target.smem_per_block):
             # Dynamic shared memory (opted in past 48 KiB); min_blocks CTAs must fit an SM's 228 KiB, 1 KiB of it
             # reserved per block, or the register cap only buys spills.
@@ -347,10 +350,13 @@ def attention_layout(d: int, dv: int, block_q: int, block_k: int, wgmma: bool = 
     return plain
 
 
-def attention_mma_smem_bytes(d: int, dv: int, block_q: int, block_k: int, wgmma: bool = False,
-                             overlap: bool = False, mask_block: bool = False, stages: int = 0,
-                             producer: bool = False) -> int:
-    return 2 * attention_layout(d, dv, block_q, block_k, wgmma, overlap, mask_block, stages, producer).smem
+def attention_config_smem_bytes(d: int, dv: int, config: dict[str, Any], mask_block: bool = False) -> int:
+    """Bytes of shared memory a tensor-core attention config takes (the layout its knobs pick, as the template
+    reads them)."""
+    wgmma = bool(config.get("wgmma"))
+    return 2 * attention_layout(d, dv, int(config["block_q"]), int(config["block_k"]), wgmma,
+                                bool(config.get("overlap")), mask_block, int(config.get("stages", 0)),
+                                wgmma and bool(config.get("producer"))).smem
 
 
 def first_line(cmd: list[str], env: dict[str, str] | None = None, last: bool = False) -> str:
