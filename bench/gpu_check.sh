@@ -61,7 +61,11 @@ if [ -n "${CLOCKS:-}" ]; then
   sampler=$!
 fi
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; nvcc --version | tail -1;
-  echo "commit $(cat .gpu/REVISION 2>/dev/null || echo unknown), $(date -u +%FT%TZ)"; } \
+  echo "commit $(cat .gpu/REVISION 2>/dev/null || echo unknown), $(date -u +%FT%TZ)"
+  # The hash of the code that shapes kernels, computed from the copied files themselves: it names the tree even when
+  # .gpu/REVISION is stale (s12's call 9). `python3 -c 'from kiln.version import compiler_version as v; print(v())'`
+  # at a commit gives the same hash.
+  echo "compiler version $(python3 -c 'from kiln.version import compiler_version as v; print(v())' 2>/dev/null)"; } \
   | tee -a "$OUT/device.txt"
 for stage in "${@:-tests}"; do
   case "$stage" in
