@@ -259,7 +259,11 @@ def test_pinned_wgmma_configs_the_path_cannot_run_fail_to_compile():
     backend = get_backend("cuda")
     spec = _spec("cuda:sm90", DType.F16, 64)
     for bad in ({"block_q": 128, "block_k": 64, "wgmma": True, "warp_rows": 32},
-                {"block_q": 96, "block_k": 64, "wgmma": True}, {"block_q": 64, "block_k": 24, "wgmma": True}):
+                {"block_q": 96, "block_k": 64, "wgmma": True}, {"block_q": 64, "block_k": 24, "wgmma": True},
+                # The producer's ring with overlap holds two stages: two would deadlock it.
+                {"block_q": 64, "block_k": 64, "wgmma": True, "producer": True, "stages": 2, "overlap": True},
+                # The mma.sync loop runs one or two stages.
+                {"block_q": 64, "block_k": 64, "lean": True, "stages": 3}):
         assert "static_assert(false" in backend.render_kernel(spec, bad, "kiln_k_probe"), bad
     assert "static_assert(true" in backend.render_kernel(spec, {"block_q": 64, "block_k": 64, "wgmma": True},
                                                          "kiln_k_probe")
