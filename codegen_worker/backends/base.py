@@ -257,7 +257,7 @@ class GpuBackend(Backend):
                 return False
         elif producer:
             return False
-        threads = (bq // rows) * 32 + (32 if producer else 0)
+        threads = (bq // rows) * 32 + (128 if producer else 0)  # the producer is a whole warpgroup (its NT)
         if not 1 <= min_blocks * threads <= target.max_threads_per_sm or stages not in (0, 1, 2, 3, 4):
             return False
         if stages > 2 and not producer:
