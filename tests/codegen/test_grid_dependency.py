@@ -15,7 +15,7 @@ import subprocess
 import pytest
 
 from codegen_worker import build
-from codegen_worker.backends import get_backend
+from codegen_worker.backends import cutlass_sm80, get_backend
 from kiln.dtypes import DType
 from kiln.targets import get_target
 from planner_svc.lower import lower
@@ -37,7 +37,8 @@ def _every_rendering(target_name: str) -> list[str]:
             spec = call.spec
             configs = [backend.default_config(spec, target), *backend.candidate_configs(spec, target)]
             if spec.op == "conv2d":
-                configs.append(test_gpu_ops_compile.SIMT["conv2d"])
+                # Not candidates on sm90, but a conv may be pinned to CUTLASS 2.x there.
+                configs += [test_gpu_ops_compile.SIMT["conv2d"], cutlass_sm80.CONV_DEFAULT]
             for config in configs:
                 if backend.fits(spec, target, config):
                     rk = build.render(backend, target, spec, config)
@@ -60,7 +61,7 @@ def test_every_sm90_kernel_waits_before_it_touches_memory():
     late = [(name, first) for name, first in kernels if first != "kiln_pdl_enter();"]
     assert not late, f"kernels whose first statement is not kiln_pdl_enter(): {late[:5]}"
     # The triple-chevron launch cannot carry the attribute: every launch is kiln_launch,
-    # the CUTLASS GEMM's adapter (told through launch_with_pdl) or the conv's entry.
+    # the CUTLASS GEMM's adapter (told through launch_with_pdl) or a CUTLASS conv's entry.
     chevrons = [s.splitlines()[0] for s in sources if "<<<" in s]
     assert not chevrons, f"launches that bypass kiln_launch: {chevrons[:3]}"
     gemms = [s for s in sources if "GemmUniversalAdapter" in s]
@@ -71,6 +72,9 @@ def test_every_sm90_kernel_waits_before_it_touches_memory():
     assert streamk and all("#undef CUTLASS_ENABLE_GDC_FOR_SM90" in s and early not in s for s in streamk)
     assert all(early in s for s in gemms if s not in streamk)
     assert convs and all("cudaLaunchKernelEx(&cfg, entry, params)" in s and "conv.initialize" not in s for s in convs)
+    # CUTLASS 2.x convs: the device class's run() would launch with triple chevrons inside the header.
+    convs_2x = [s for s in sources if "ImplicitGemmConvolution<Kernel>" in s]
+    assert convs_2x and all("kiln_launch(entry, grid" in s and "conv.run" not in s for s in convs_2x)
 
 
 def test_only_hopper_builds_launch_early():
