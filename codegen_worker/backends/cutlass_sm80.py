@@ -10,7 +10,7 @@ Conv2d (NHWC, groups 1, symmetric padding, channels in 16-byte vectors) runs as
 CUTLASS 2.x's implicit GEMM (optimized iterators, cp.async, mma.sync). sm80 has
 no other tensor-core conv. On sm90 a conv may be pinned to it (it won ResNet-50's
 64-channel 3x3 conv at batch 256, where the TMA warp-specialized kernel's
-non-persistent schedule runs at 15% of the matrix rate), but the profiler does
+non-persistent schedule runs at 30% of the matrix rate), but the profiler does
 not try it there. It is launched through Kiln's own entry, so it takes part in
 programmatic dependent launch, but it waits before its prologue where CUTLASS
 3.x's kernels set up first: in ResNet-50's graph at batch 1 the profiler's 2.x
