@@ -1,6 +1,7 @@
 """ResNet-50's stride-1 3x3 convs (56x56x64, 28x28x128, 14x14x256, 7x7x512; bias + ReLU, batch 1..256), every
 conv candidate of an sm90 build profiled at batch 1, 16 and 256: CUTLASS 3.x's TMA warp-specialized kernels against
-CUTLASS 2.x's mma.sync implicit GEMM (which the profiler leaves out on sm90: here it is added). The specs are
+CUTLASS 2.x's mma.sync implicit GEMM (which the profiler leaves out on sm90: here it is added) and, over 64
+channels, Kiln's halo conv (gpu/conv2d_halo.j2). The specs are
 ResNet-50's own (same key), so the picks printed feed bench/models.py --picks. Run on an H100/H200:
     PYTHONPATH=. python3 bench/conv_ab.py --out conv_ab.json
 """
@@ -53,7 +54,7 @@ def main() -> None:
             best = {}
             for c in point["candidates"]:
                 if c["ok"]:
-                    impl = c["config"]["impl"]
+                    impl = c["config"].get("impl", "halo" if c["config"].get("halo") else "kiln")
                     if impl not in best or c["median_ms"] < best[impl][0]:
                         best[impl] = (c["median_ms"], c["config"].get("tile"))
             print(f"  at {point['at']}: " + "  ".join(f"{k} {v[0]:.4f} ms {v[1]}" for k, v in sorted(best.items())))

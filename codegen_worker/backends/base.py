@@ -202,6 +202,10 @@ GPU_BLOCK_OPS = ("conv2d", "pool2d", "reduce_sum", "reduce_mean", "reduce_max", 
 # 128 pixels a block ran ResNet-50's stem fastest on an H200 (0.73 ms at batch 256; 64: 1.02, 32: 1.88): the gather,
 # one column a warp at a time, has block_m / 32 independent loads a lane per column to hide latency with.
 PATCH_LINEAR_DEFAULT = {"block_m": 128}
+# gpu/conv2d_halo.j2: a 3x3 conv over 64 channels with its weights ([9][64][64]) and two 10x10-pixel input windows
+# in shared memory. A candidate wherever it applies; the profiler decides.
+CONV_HALO = {"halo": True}
+CONV_HALO_SMEM_BYTES = (9 * 64 * 64 + 2 * 100 * 64) * 2
 
 
 class GpuBackend(Backend):
@@ -212,6 +216,10 @@ class GpuBackend(Backend):
             return self._attention_fits(spec, target, config)
         if spec.op == "patch_linear":
             return self._patch_linear_fits(spec, target, config)
+        if spec.op == "conv2d" and config.get("halo"):
+            # Its 97 KiB of shared memory is opted in to; cp.async and mma.sync need sm80.
+            return (contexts.op_context(self, spec)["halo"] and config == CONV_HALO
+                    and target.opt_in_smem_per_block >= CONV_HALO_SMEM_BYTES)
         if spec.op == "linear":
             # linear.j2 launches T x T threads, each staging one element of both tiles.
             tile = int(config["tile"])

@@ -118,7 +118,18 @@ def _conv(b: Any, spec: KernelSpec) -> Context:
             "O": o, "KH": kh, "KW": kw, "OH": out.shape[1], "OW": out.shape[2],
             "SH": a.stride[0], "SW": a.stride[1], "PT": a.pads[0], "PL": a.pads[1],
             "DH": a.dilation[0], "DW": a.dilation[1], "G": a.groups, "CG": cg, "OG": o // a.groups,
-            "numel_out": cexpr.numel_expr(out.shape)} | _epilogue(spec, 2)
+            "numel_out": cexpr.numel_expr(out.shape), "halo": conv_halo(b.api, spec)} | _epilogue(spec, 2)
+
+
+def conv_halo(api: str, spec: KernelSpec) -> bool:
+    """gpu/conv2d_halo.j2 serves it: CUDA halves, a 3x3 filter at stride 1 with one pixel of padding all round,
+    64 input channels (one 128-byte row a pixel), output channels in blocks of 64, a static image size."""
+    x, w = spec.inputs[0], spec.inputs[1]
+    a = spec.attrs
+    return (api == "cuda" and x.dtype in (DType.F16, DType.BF16) and tuple(w.shape[1:]) == (3, 3, 64)
+            and a.groups == 1 and tuple(a.stride) == (1, 1) and tuple(a.dilation) == (1, 1)
+            and tuple(a.pads) == (1, 1, 1, 1) and isinstance(w.shape[0], int) and w.shape[0] % 64 == 0
+            and isinstance(x.shape[1], int) and isinstance(x.shape[2], int))
 
 
 @context_for("pool2d")

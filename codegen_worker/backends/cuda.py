@@ -7,7 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from codegen_worker.backends import cutlass_sm80, cutlass_sm90
-from codegen_worker.backends.base import GPU_BLOCK_OPS, PATCH_LINEAR_DEFAULT, TEMPLATES, GpuBackend, first_line, template_env
+from codegen_worker.backends.base import (
+    CONV_HALO,
+    GPU_BLOCK_OPS,
+    PATCH_LINEAR_DEFAULT,
+    TEMPLATES,
+    GpuBackend,
+    first_line,
+    template_env,
+)
 from kiln.dtypes import DType
 from kiln.plan import KernelSpec
 from kiln.targets import Target
@@ -105,7 +113,9 @@ class CudaBackend(GpuBackend):
     def candidate_configs(self, spec: KernelSpec, target: Target) -> list[dict[str, Any]]:
         if self._cutlass(spec, target):
             table = cutlass_sm90.defaults(spec)[1] if target.arch == "sm90" else cutlass_sm80.defaults(spec)[1]
-            return self.prune(spec, target, [dict(c) for c in table])
+            # Kiln's own 3x3 conv beside CUTLASS's, where it applies (fits says where).
+            halo = [dict(CONV_HALO)] if spec.op == "conv2d" else []
+            return self.prune(spec, target, [dict(c) for c in table] + halo)
         return super().candidate_configs(spec, target)
 
     def fits(self, spec: KernelSpec, target: Target, config: dict[str, Any]) -> bool:

@@ -1,12 +1,15 @@
 """The CUTLASS sm90 GEMM compiles here (no GPU): right headers, wgmma not serialised."""
 from __future__ import annotations
 
+import re
 import shutil
+import subprocess
 
 import pytest
 
 from codegen_worker import build
 from codegen_worker.backends import cutlass_sm80, cutlass_sm90, get_backend
+from codegen_worker.backends.base import CONV_HALO
 from kiln.dtypes import DType
 from kiln.ir import IntVar, TensorType
 from kiln.ops import EwInstr, LinearAttrs
@@ -67,10 +70,15 @@ def test_eligible_convs_default_to_cutlass_and_others_do_not():
     assert "impl" not in backend.default_config(conv(DType.F16, 3, 64), sm90)          # stem: 3 channels
     assert "impl" not in backend.default_config(conv(DType.F16, 64, 64, groups=2), sm90)  # grouped
     assert "impl" not in backend.default_config(conv(DType.F32, 64, 64), sm90)
-    # Every conv candidate but the one whose 256-wide tile exceeds the 128 output channels.
+    # Every conv candidate but the one whose 256-wide tile exceeds the 128 output channels, then Kiln's halo conv
+    # (3x3 over 64 channels); not over 32 channels, nor 128.
     kept = backend.candidate_configs(conv(DType.BF16, 64, 128), sm90)
-    assert kept == [c for c in cutlass_sm90.CONV_CANDIDATES if c["tile"][1] <= 128] and len(kept) == 4
-    assert backend.candidate_configs(conv(DType.BF16, 64, 256), sm90) == cutlass_sm90.CONV_CANDIDATES
+    assert kept == [*[c for c in cutlass_sm90.CONV_CANDIDATES if c["tile"][1] <= 128], CONV_HALO]
+    assert backend.candidate_configs(conv(DType.BF16, 64, 256), sm90) == [*cutlass_sm90.CONV_CANDIDATES, CONV_HALO]
+    assert backend.candidate_configs(conv(DType.BF16, 128, 256), sm90) == cutlass_sm90.CONV_CANDIDATES
+    assert not backend.fits(conv(DType.F16, 32, 64), sm90, CONV_HALO)
+    assert not backend.fits(conv(DType.F16, 64, 96), sm90, CONV_HALO)  # output channels in blocks of 64
+    assert not backend.fits(conv(DType.F16, 64, 64), get_target("rocm:gfx90a"), CONV_HALO)
     # CUTLASS 2.x's convs may be pinned on sm90 (the profiler leaves them out: no programmatic dependent launch).
     assert all(backend.fits(conv(DType.F16, 64, 128), sm90, c) for c in cutlass_sm80.CONV_CANDIDATES)
     # sm80 convs default to CUTLASS 2.x where it applies: not the stem's 3 channels, not asymmetric padding.
@@ -96,6 +104,30 @@ def test_cutlass_implicit_gemm_conv_with_residual_epilogue_compiles():
     assert "C7510" not in log
     # Kiln's waiting entry is the only kernel: CUTLASS's own device_kernel<> is never instantiated.
     assert b"device_kernel" not in obj
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+@pytest.mark.parametrize("target_name", ["cuda:sm90", "cuda:sm80"])
+def test_halo_conv_compiles_without_spills(tmp_path, target_name):
+    """gpu/conv2d_halo.j2 with a residual epilogue: its 32 accumulators and the unrolled taps' addresses fit the
+    registers (2 blocks of 128 threads an SM leave 256 a thread)."""
+    from kiln.ops import Conv2dAttrs
+
+    backend, target = get_backend("cuda"), get_target(target_name)
+    n = IntVar("n", 1, 256)
+    t = TensorType(DType.F16, (n, 56, 56, 64))
+    attrs = Conv2dAttrs(pads=(1, 1, 1, 1), has_bias=True, epilogue=(EwInstr("add", (0, 1)), EwInstr("relu", (2,))))
+    spec = canonical_spec("conv2d", attrs, [t, TensorType(DType.F16, (64, 3, 3, 64)), TensorType(DType.F16, (64,)), t],
+                          [t])[0]
+    assert backend.fits(spec, target, CONV_HALO)
+    rk = build.render(backend, target, spec, CONV_HALO)
+    src = tmp_path / "halo.cu"
+    src.write_text(rk.source)
+    ptxas = subprocess.run(["nvcc", *backend.flags(target), "-Xptxas", "-v", "-c", str(src), "-o", str(tmp_path / "k.o")],
+                           capture_output=True, text=True)
+    assert ptxas.returncode == 0, ptxas.stderr[-2000:]
+    spills = re.findall(r"(\d+) bytes spill stores", ptxas.stderr)
+    assert spills and set(spills) == {"0"}, ptxas.stderr[-3000:]
 
 
 PINGPONG = {"impl": "cutlass_sm90", "tile": [128, 128, 64], "cluster": [1, 1], "schedule": "pingpong"}

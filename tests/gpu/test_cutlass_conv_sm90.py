@@ -8,10 +8,11 @@ import subprocess
 import pytest
 
 from codegen_worker.backends import cutlass_sm80
+from codegen_worker.backends.base import CONV_HALO
 from kiln.dtypes import DType
 from kiln.runtime import Model
 from tests.support import local_build as lb
-from tests.support.conv_cases import CASES, SM80_CASES, SM80_ELIGIBLE, conv_graph
+from tests.support.conv_cases import CASES, HALO_CASES, SM80_CASES, SM80_ELIGIBLE, conv_graph
 
 pytestmark = pytest.mark.gpu
 
@@ -70,5 +71,22 @@ def test_sm80_artifact_convs_take_cutlass_2x(tmp_path):
     model = Model(built.dir)
     try:
         lb.check_model(model, graph, 1e-2, [{"batch": 1}, {"batch": 5}])
+    finally:
+        model.close()
+
+
+HALO_RUNS = [("cuda:sm90", DType.F16), ("cuda:sm90", DType.BF16), ("cuda:sm80", DType.F16)]
+
+
+@pytest.mark.parametrize(("target", "dtype"), HALO_RUNS, ids=[f"{t[5:]}-{d.value}" for t, d in HALO_RUNS])
+def test_halo_convs_match_reference(tmp_path, target, dtype):
+    """Kiln's own 3x3 conv (gpu/conv2d_halo.j2) pinned on every case it serves; the sm80 build runs here through its
+    PTX. Batch 16 makes the 56x56 image's 784 tiles outnumber the blocks, so blocks loop and swap window buffers."""
+    graph = conv_graph(dtype, batch_max=16, cases=HALO_CASES)
+    built = lb.build_local(graph, target, tmp_path / "a", {"conv2d": CONV_HALO})
+    assert [built.configs[c.kernel] for c in built.plan.calls] == [CONV_HALO] * len(HALO_CASES)
+    model = Model(built.dir)
+    try:
+        lb.check_model(model, graph, 1e-2, [{"batch": 1}, {"batch": 5}, {"batch": 16}])
     finally:
         model.close()

@@ -57,3 +57,15 @@ def conv_graph(dtype: DType, batch_max: int = 8, cases: list[tuple] | None = Non
     batch = IntVar("batch", 1, batch_max)
     outs = [add_conv(b, dtype, case, batch, f"{case[0]}.") for case in (CASES if cases is None else cases)]
     return b.build(*outs)
+
+
+# What gpu/conv2d_halo.j2 serves (3x3, stride 1, one pixel of padding, 64 input channels), in each epilogue kind:
+# whole 8x8 tiles, partial tiles in either dim, one to three blocks of 64 output channels, and an image of 49 tiles
+# so that at batch 16 blocks loop over several tiles (double-buffered windows).
+HALO_CASES = [
+    ("halo_relu", (16, 16, 64), (64, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), "relu"),
+    ("halo_partial_add_relu", (13, 10, 64), (128, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), "add_relu"),
+    ("halo_small_add", (7, 9, 64), (64, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), "add"),
+    ("halo_three_blocks", (8, 8, 64), (192, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), "none"),
+    ("halo_resnet", (56, 56, 64), (64, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), "relu"),
+]
