@@ -113,11 +113,13 @@ def make(name: str) -> tuple[torch.nn.Module, Any, Any]:
 
 
 def earlier_picks(path: Path, name: str) -> dict[str, Any]:
-    """A model's picks from {model: picks} or from an earlier models.json (its tuning.picks)."""
+    """A model's picks from {model: picks}, from an earlier models.json (its tuning.picks) or from bench/tune.py's
+    picks.json ({model: {"picks": ..., "specs": ...}})."""
     data = json.loads(path.read_text())
     if "models" in data:
         return next(((m.get("tuning") or {}).get("picks", {}) for m in data["models"] if m.get("model") == name), {})
-    return data.get(name, {})
+    model = data.get(name, {})
+    return model["picks"] if "picks" in model and "summary" in model else model
 
 
 def bench_model(name: str, args: argparse.Namespace, peak: float, workdir: Path,

@@ -167,7 +167,9 @@ def main() -> None:
     p.add_argument("--prepare", action="store_true", help="compile every candidate into KILN_OBJECT_CACHE, no GPU")
     p.add_argument("--jobs", type=int, default=16)
     p.add_argument("--out", default="picks.json")
-    p.add_argument("--picks", default="", help="with --prepare: {model: picks} or a models.json; compile only those")
+    p.add_argument("--picks", default="",
+                   help="{model: picks}, a models.json or a picks.json: with --prepare compile only those; "
+                        "otherwise the specs they name keep their pick and only the others are profiled")
     args = p.parse_args()
     names = args.models.split(",")
     if args.prepare:
@@ -175,8 +177,11 @@ def main() -> None:
         return
     assert torch.cuda.is_available(), "profiling needs a GPU (use --prepare to only compile)"
     out = {}
+    from bench.models import earlier_picks
+
     for name in names:
-        picks, report = profile(model_graph(name), args.jobs, Path(tempfile.mkdtemp()) / name)
+        known = earlier_picks(Path(args.picks), name) if args.picks else {}
+        picks, report = profile(model_graph(name), args.jobs, Path(tempfile.mkdtemp()) / name, known=known)
         out[name] = {"picks": picks, **report}
         Path(args.out).write_text(json.dumps(out, indent=1))
 
