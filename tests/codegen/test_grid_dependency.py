@@ -22,6 +22,7 @@ from planner_svc.lower import lower
 from planner_svc.pipeline import run_passes
 from tests.codegen import test_attention_compile, test_gpu_ops_compile, test_gpu_targets_compile
 from tests.support import local_build as lb
+from tests.support.conv_cases import HALO_CASES, conv_graph
 
 
 def _every_rendering(target_name: str) -> list[str]:
@@ -30,7 +31,8 @@ def _every_rendering(target_name: str) -> list[str]:
     backend, target = get_backend("cuda"), get_target(target_name)
     graphs = [test_gpu_ops_compile.all_cases_graph([DType.F16]),
               test_gpu_targets_compile.coverage_graph([DType.F16, DType.BF16]),
-              test_attention_compile.coverage_graph([DType.F16, DType.F32])]
+              test_attention_compile.coverage_graph([DType.F16, DType.F32]),
+              conv_graph(DType.F16, cases=HALO_CASES)]
     sources = {}
     for graph in graphs:
         for call in lower(run_passes(graph)[0], target_name).calls:
@@ -73,6 +75,7 @@ def test_every_sm90_kernel_waits_before_it_touches_memory():
     assert all(early in s for s in gemms if s not in streamk)
     assert convs and all("cudaLaunchKernelEx(&cfg, entry, params)" in s and "conv.initialize" not in s for s in convs)
     # CUTLASS 2.x convs: the device class's run() would launch with triple chevrons inside the header.
+    assert any("Halo conv (mma.sync" in s for s in sources), "the halo conv is a candidate there"
     convs_2x = [s for s in sources if "ImplicitGemmConvolution<Kernel>" in s]
     assert convs_2x and all("kiln_launch(entry, grid" in s and "conv.run" not in s for s in convs_2x)
 
