@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 import kiln
-from bench.models import make
+from bench.models import earlier_picks, make
 from codegen_worker import build
 from codegen_worker.backends import get_backend
 from kiln.ir import Graph
@@ -83,8 +83,6 @@ def prepare(names: list[str], jobs: int, picks: Path | None = None) -> None:
     """Compile every default kernel of the models and every candidate (no GPU needed);
     with picks (an earlier run's), only what bench/models.py --picks builds: the pick of
     each spec it covers and the default of every other kernel."""
-    from bench.models import earlier_picks
-
     backend, target = get_backend("cuda"), get_target(TARGET)
     kernels = []
     for name in names:
@@ -177,8 +175,6 @@ def main() -> None:
         return
     assert torch.cuda.is_available(), "profiling needs a GPU (use --prepare to only compile)"
     out = {}
-    from bench.models import earlier_picks
-
     for name in names:
         known = earlier_picks(Path(args.picks), name) if args.picks else {}
         picks, report = profile(model_graph(name), args.jobs, Path(tempfile.mkdtemp()) / name, known=known)

@@ -74,8 +74,8 @@ def test_every_sm90_kernel_waits_before_it_touches_memory():
     assert streamk and all("#undef CUTLASS_ENABLE_GDC_FOR_SM90" in s and early not in s for s in streamk)
     assert all(early in s for s in gemms if s not in streamk)
     assert convs and all("cudaLaunchKernelEx(&cfg, entry, params)" in s and "conv.initialize" not in s for s in convs)
-    # CUTLASS 2.x convs: the device class's run() would launch with triple chevrons inside the header.
     assert any("Halo conv (mma.sync" in s for s in sources), "the halo conv is a candidate there"
+    # CUTLASS 2.x convs: the device class's run() would launch with triple chevrons inside the header.
     convs_2x = [s for s in sources if "ImplicitGemmConvolution<Kernel>" in s]
     assert convs_2x and all("kiln_launch(entry, grid" in s and "conv.run" not in s for s in convs_2x)
 

@@ -62,10 +62,14 @@ def conv_graph(dtype: DType, batch_max: int = 8, cases: list[tuple] | None = Non
 # What gpu/conv2d_halo.j2 serves (3x3, stride 1, one pixel of padding, 64 input channels), in each epilogue kind:
 # whole 8x8 tiles, partial tiles in either dim, one to three blocks of 64 output channels, and an image of 49 tiles
 # so that at batch 16 blocks loop over several tiles (double-buffered windows).
+def _halo(name: str, h: int, w: int, o: int, kind: str) -> tuple:
+    return (name, (h, w, 64), (o, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), kind)
+
+
 HALO_CASES = [
-    ("halo_relu", (16, 16, 64), (64, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), "relu"),
-    ("halo_partial_add_relu", (13, 10, 64), (128, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), "add_relu"),
-    ("halo_small_add", (7, 9, 64), (64, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), "add"),
-    ("halo_three_blocks", (8, 8, 64), (192, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), "none"),
-    ("halo_resnet", (56, 56, 64), (64, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), "relu"),
+    _halo("halo_relu", 16, 16, 64, "relu"),
+    _halo("halo_partial_add_relu", 13, 10, 128, "add_relu"),
+    _halo("halo_small_add", 7, 9, 64, "add"),
+    _halo("halo_three_blocks", 8, 8, 192, "none"),
+    _halo("halo_resnet", 56, 56, 64, "relu"),
 ]
